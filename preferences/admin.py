@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.http import HttpRequest
+
+from preferences.models import Contact, EmailCategory
+
+
+@admin.register(EmailCategory)
+class EmailCategoryAdmin(admin.ModelAdmin[EmailCategory]):
+    list_display = ["name", "key", "salesforce_field", "position", "is_active"]
+    list_editable = ["position", "is_active"]
+    ordering = ["position", "name"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: EmailCategory | None = None) -> bool:
+        # Subscriptions and the audit trail refer to categories: retire one instead.
+        return False
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin[Contact]):
+    """Read-only: preferences change on the contact page, through apply_change()."""
+
+    list_display = ["__str__", "email", "salesforce_id", "ascend_id", "version"]
+    search_fields = ["=email", "=salesforce_id", "=ascend_id"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Contact | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Contact | None = None) -> bool:
+        return False

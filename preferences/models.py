@@ -1,0 +1,335 @@
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.db import models
+from django.db.models import Exists, OuterRef, Q, Value
+from django.db.models.functions import Concat, Lower
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email", "Email"
+    PHONE = "phone", "Phone"
+
+
+# The Salesforce Contact field each channel's opt-out is written to, and how staff name the
+# opt-out. Adding a channel (SMS, mail) is one choice above and one entry in each mapping.
+CHANNEL_SALESFORCE_FIELDS: dict[str, str] = {
+    Channel.EMAIL: "HasOptedOutOfEmail",
+    Channel.PHONE: "DoNotCall",
+}
+CHANNEL_OPT_OUT_LABELS: dict[str, str] = {
+    Channel.EMAIL: "Email opt-out",
+    Channel.PHONE: "Do not call",
+}
+
+
+class Source(models.TextChoices):
+    STAFF = "staff", "Staff"
+    SALESFORCE = "salesforce", "Salesforce"
+    EMAIL_PLATFORM = "email_platform", "Email platform"
+    BULK = "bulk", "Bulk change"
+    SYSTEM = "system", "System"
+
+
+class ConsentMethod(models.TextChoices):
+    PHONE_CALL = "phone_call", "Phone call"
+    EMAIL = "email", "Email"
+    IN_PERSON = "in_person", "In person"
+    WRITTEN_FORM = "written_form", "Written form"
+
+
+SEARCH_LIMIT = 50
+_SALESFORCE_ID = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def salesforce_id_18(value: str) -> str:
+    """The case-insensitive 18-character form of a 15-character Salesforce ID."""
+    if len(value) != 15:
+        return value
+    suffix = ""
+    for start in range(0, 15, 5):
+        bits = sum(1 << i for i, ch in enumerate(value[start : start + 5]) if ch.isupper())
+        suffix += _CHECKSUM_ALPHABET[bits]
+    return value + suffix
+
+
+class ContactQuerySet(models.QuerySet["Contact"]):
+    def search(self, query: str) -> ContactQuerySet:
+        """Contacts matching what staff type: an email, an ID, a phone number or a name.
+
+        Each kind of lookup has its own index (see Contact.Meta.indexes).
+        """
+        query = " ".join(query.split())
+        if not query:
+            return self.none()
+        if "@" in query:
+            return self.filter(email__startswith=query.lower())
+        if _SALESFORCE_ID.match(query):
+            return self.filter(salesforce_id=salesforce_id_18(query))
+        digits = re.sub(r"\D", "", query)
+        if digits and not re.search(r"[^\d\s()+.-]", query):
+            return self.filter(
+                Q(ascend_id=query) | Q(phone_digits=digits) | Q(phone_digits=f"1{digits}")
+            )
+        words = [word for word in query.lower().split() if word]
+        if max(len(word) for word in words) < 3:
+            return self.none()
+        result = self
+        for word in words:
+            result = result.filter(search_name__contains=word)
+        return result
+
+    def opted_out(self, channel: str | None = None) -> ContactQuerySet:
+        prefs = ChannelPreference.objects.filter(contact=OuterRef("pk"), opted_out=True)
+        if channel is not None:
+            prefs = prefs.filter(channel=channel)
+        return self.filter(Exists(prefs))
+
+    def suppressed(self) -> ContactQuerySet:
+        """On the global email suppression list: opted out of email, or bounced (rule 10)."""
+        opted_out = ChannelPreference.objects.filter(
+            contact=OuterRef("pk"), channel=Channel.EMAIL, opted_out=True
+        )
+        return self.filter(Q(Exists(opted_out)) | Q(email_bounced=True))
+
+
+class Contact(models.Model):
+    first_name = models.CharField(max_length=100)
+    last_name = models.CharField(max_length=100)
+    # Stored lower-cased (see save()); the pattern-ops index serves exact and prefix lookups.
+    email = models.CharField(max_length=254, blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    salesforce_id = models.CharField("Salesforce Contact ID", max_length=18, unique=True)
+    ascend_id = models.CharField("Ascend ID", max_length=20, unique=True)
+    country = models.CharField(max_length=2, blank=True, help_text="ISO 3166 code")
+    email_bounced = models.BooleanField(default=False)
+    email_bounced_at = models.DateTimeField(null=True, blank=True)
+    # Bumped by every preference change: stale forms are detected with it, and each sync
+    # target records the version it has received.
+    version = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    search_name = models.GeneratedField(
+        expression=Lower(Concat("first_name", Value(" "), "last_name")),
+        output_field=models.CharField(max_length=201),
+        db_persist=True,
+    )
+    phone_digits = models.GeneratedField(
+        expression=models.Func(
+            "phone", Value(r"\D"), Value(""), Value("g"), function="regexp_replace"
+        ),
+        output_field=models.CharField(max_length=32),
+        db_persist=True,
+    )
+
+    objects = ContactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["last_name", "first_name", "id"]
+        permissions = [
+            ("change_preferences", "Can change a contact's communication preferences"),
+            ("resolve_escalation", "Can resolve escalated requests"),
+        ]
+        indexes = [
+            models.Index(
+                OpClass("email", name="varchar_pattern_ops"), name="contact_email_pattern"
+            ),
+            GinIndex(OpClass("search_name", name="gin_trgm_ops"), name="contact_name_trgm"),
+            models.Index(fields=["phone_digits"], name="contact_phone_digits"),
+            models.Index(fields=["country"], name="contact_country"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip() or self.salesforce_id
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.email = self.email.strip().lower()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+
+class ChannelPreference(models.Model):
+    """A contact's opt-out on one channel, with who set it, when and why (for the banner).
+
+    No row means the contact never opted out of that channel.
+    """
+
+    contact = models.ForeignKey(
+        Contact, on_delete=models.PROTECT, related_name="channel_preferences"
+    )
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    opted_out = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
+    )
+    source = models.CharField(max_length=20, choices=Source.choices)
+    note = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contact", "channel"], name="one_preference_per_channel"
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "opted out" if self.opted_out else "opted in"
+        return f"{self.contact}: {self.get_channel_display()} {state}"
+
+    @property
+    def changed_by_label(self) -> str:
+        if self.changed_by is not None:
+            return self.changed_by.get_username()
+        return self.get_source_display()
+
+
+class EmailCategory(models.Model):
+    """An email category (newsletter, events, ...) and the Salesforce field it maps to.
+
+    Categories are data, edited in the admin (rule 2).
+    """
+
+    key = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    salesforce_field = models.CharField(
+        max_length=80, help_text="API name of the Contact checkbox, e.g. Newsletter__c"
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+        verbose_name_plural = "email categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    """The contact receives email in this category. No row means not subscribed."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="subscriptions")
+    category = models.ForeignKey(EmailCategory, on_delete=models.PROTECT, related_name="+")
+    subscribed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact", "category"], name="one_subscription")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact} → {self.category}"
+
+
+class Consent(models.Model):
+    """Evidence that the contact asked to be re-enrolled on a channel (rule 4)."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="consents")
+    channels = ArrayField(models.CharField(max_length=16, choices=Channel.choices))
+    method = models.CharField("how the contact asked", max_length=20, choices=ConsentMethod.choices)
+    obtained_at = models.DateTimeField("when the contact asked")
+    attested = models.BooleanField()
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
+    )
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(attested=True), name="consent_is_attested")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_method_display()} on {self.obtained_at:%Y-%m-%d %H:%M}"
+
+
+class EscalationQuerySet(models.QuerySet["Escalation"]):
+    def open(self) -> EscalationQuerySet:
+        return self.filter(resolved_at__isnull=True)
+
+
+class Escalation(models.Model):
+    """A request a specialist handed to a manager instead of deciding (rule 12)."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="escalations")
+    raised_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    note = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    resolution_note = models.TextField(blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EscalationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=Q(resolved_at__isnull=True),
+                name="open_escalations",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Escalation for {self.contact}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class SyncTarget(models.TextChoices):
+    SALESFORCE = "salesforce", "Salesforce"
+    ASCEND = "ascend", "Ascend"
+
+
+class SyncStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SYNCED = "synced", "Synced"
+    FAILED = "failed", "Failed"
+
+
+class ContactSync(models.Model):
+    """How far one target has received a contact's state (state-based sync).
+
+    The target is behind while synced_version < contact.version; the push sends the
+    contact's current state, so a repeat is harmless.
+    """
+
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="syncs")
+    target = models.CharField(max_length=20, choices=SyncTarget.choices)
+    synced_version = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact", "target"], name="one_sync_per_target")
+        ]
+        indexes = [
+            # The sweeper and the sync problems page only look at what is not synced.
+            models.Index(
+                fields=["target", "status", "updated_at"],
+                condition=~Q(status="synced"),
+                name="sync_behind",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact} → {self.get_target_display()}: {self.get_status_display()}"

@@ -1,0 +1,298 @@
+"""The one place a contact's communication preferences change.
+
+Views, inbound sync, webhooks, bulk jobs and the admin all call apply_change(); it checks
+the rules from the seeds and writes the new state, the audit entry and the outbound sync
+records in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from audit.models import AuditAction, AuditEntry
+from preferences.models import (
+    Channel,
+    ChannelPreference,
+    Consent,
+    Contact,
+    ContactSync,
+    EmailCategory,
+    Escalation,
+    Source,
+    Subscription,
+    SyncStatus,
+    SyncTarget,
+)
+
+
+class ChangeRefused(Exception):
+    """The change breaks a rule; nothing was written. The message is for staff."""
+
+
+class StaleChange(ChangeRefused):
+    """The contact changed after the form was loaded."""
+
+    def __init__(self, message: str, *, latest: AuditEntry | None) -> None:
+        super().__init__(message)
+        self.latest = latest
+
+
+@dataclass(frozen=True)
+class PreferenceState:
+    opted_out: Mapping[str, bool]
+    categories: frozenset[str] = field(default_factory=frozenset)
+    bounced: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "opted_out": {channel: self.opted_out[channel] for channel in Channel.values},
+            "categories": sorted(self.categories),
+            "bounced": self.bounced,
+        }
+
+
+@dataclass(frozen=True)
+class ConsentEvidence:
+    """How and when the contact asked to be opted back in, attested by the staff member."""
+
+    method: str
+    obtained_at: datetime
+    attested: bool
+
+
+def current_state(contact: Contact) -> PreferenceState:
+    opted_out = dict.fromkeys(Channel.values, False)
+    for channel, value in ChannelPreference.objects.filter(contact=contact).values_list(
+        "channel", "opted_out"
+    ):
+        opted_out[channel] = value
+    categories = frozenset(
+        Subscription.objects.filter(contact=contact).values_list("category__key", flat=True)
+    )
+    return PreferenceState(opted_out, categories, contact.email_bounced)
+
+
+def _label(actor: User | None, source: str) -> str:
+    if actor is not None:
+        return actor.get_username()
+    return Source(source).label
+
+
+def _channel_names(channels: Iterable[str]) -> str:
+    return " and ".join(Channel(channel).label.lower() for channel in channels)
+
+
+def _check_consent(re_enrolled: list[str], consent: ConsentEvidence | None, now: datetime) -> None:
+    if not re_enrolled:
+        return
+    what = _channel_names(re_enrolled)
+    if consent is None or not consent.attested:
+        raise ChangeRefused(
+            f"Opting the contact back in to {what} is a re-enrolment: record how and when "
+            "the contact asked, and confirm that they consented."
+        )
+    if consent.obtained_at > now:
+        raise ChangeRefused("The consent date is in the future.")
+
+
+def apply_change(
+    *,
+    contact: Contact | int,
+    actor: User | None,
+    source: str,
+    note: str,
+    opt_out: Mapping[str, bool] | None = None,
+    categories: Iterable[str] | None = None,
+    bounced: bool | None = None,
+    consent: ConsentEvidence | None = None,
+    expected_version: int | None = None,
+) -> AuditEntry:
+    """Apply one preference change and return its audit entry, or raise ChangeRefused.
+
+    opt_out maps a channel to its wanted opt-out; categories is the full set of category
+    keys the contact should receive; what is left as None stays as it is.
+    """
+    note = note.strip()
+    if not note:
+        raise ChangeRefused("Write a note: every change needs one.")
+    opt_out = dict(opt_out or {})
+    unknown = set(opt_out) - set(Channel.values)
+    if unknown:
+        raise ChangeRefused(f"Unknown channel: {', '.join(sorted(unknown))}.")
+    wanted_categories = frozenset(categories) if categories is not None else None
+    now = timezone.now()
+
+    with transaction.atomic():
+        contact_id = contact if isinstance(contact, int) else contact.pk
+        # The row lock orders concurrent changes to one contact; the version check below
+        # then catches forms loaded before the other change.
+        locked = Contact.objects.select_for_update().get(pk=contact_id)
+        if expected_version is not None and locked.version != expected_version:
+            latest = locked.audit_entries.first()
+            raise StaleChange(
+                "Someone else changed this contact while you were editing"
+                + (
+                    f" ({latest.actor_label}, {timezone.localtime(latest.created_at):%H:%M})"
+                    if latest
+                    else ""
+                )
+                + ". Nothing was saved: check the current preferences and submit again.",
+                latest=latest,
+            )
+
+        before = current_state(locked)
+        after_opted_out = {**before.opted_out, **opt_out}
+        re_enrolled = [c for c in Channel.values if before.opted_out[c] and not after_opted_out[c]]
+        opted_out_now = [
+            c for c in Channel.values if after_opted_out[c] and not before.opted_out[c]
+        ]
+        _check_consent(re_enrolled, consent, now)
+
+        after_categories = before.categories if wanted_categories is None else wanted_categories
+        known = dict(EmailCategory.objects.values_list("key", "is_active"))
+        if strangers := after_categories - set(known):
+            raise ChangeRefused(f"Unknown email category: {', '.join(sorted(strangers))}.")
+        if inactive := {k for k in after_categories - before.categories if not known[k]}:
+            raise ChangeRefused(f"Category no longer offered: {', '.join(sorted(inactive))}.")
+        if after_opted_out[Channel.EMAIL]:
+            if Channel.EMAIL in opted_out_now:
+                after_categories = frozenset()  # rule 3: opting out turns every category off
+            elif after_categories:
+                raise ChangeRefused(
+                    "The contact is opted out of email: opt them back in before choosing "
+                    "email categories."
+                )
+
+        after = PreferenceState(
+            after_opted_out,
+            after_categories,
+            before.bounced if bounced is None else bounced,
+        )
+        if after == before:
+            raise ChangeRefused("Nothing to change: the preferences are already as submitted.")
+
+        if re_enrolled:
+            action = AuditAction.RE_ENROLMENT
+        elif opted_out_now:
+            action = AuditAction.OPT_OUT
+        elif after.categories != before.categories:
+            action = AuditAction.CATEGORY_CHANGE
+        else:
+            action = AuditAction.BOUNCE
+
+        changed_channels = [c for c in Channel.values if after.opted_out[c] != before.opted_out[c]]
+        for channel in changed_channels:
+            ChannelPreference.objects.update_or_create(
+                contact=locked,
+                channel=channel,
+                defaults={
+                    "opted_out": after.opted_out[channel],
+                    "changed_at": now,
+                    "changed_by": actor,
+                    "source": source,
+                    "note": note,
+                },
+            )
+        if removed := before.categories - after.categories:
+            Subscription.objects.filter(contact=locked, category__key__in=removed).delete()
+        if added := after.categories - before.categories:
+            ids = EmailCategory.objects.filter(key__in=added).values_list("pk", flat=True)
+            Subscription.objects.bulk_create(
+                Subscription(contact=locked, category_id=pk, subscribed_at=now) for pk in ids
+            )
+
+        locked.version += 1
+        update_fields = ["version"]
+        if after.bounced != before.bounced:
+            locked.email_bounced = after.bounced
+            locked.email_bounced_at = now if after.bounced else None
+            update_fields += ["email_bounced", "email_bounced_at"]
+        locked.save(update_fields=update_fields)
+
+        consent_row = None
+        if re_enrolled:
+            assert consent is not None
+            consent_row = Consent.objects.create(
+                contact=locked,
+                channels=re_enrolled,
+                method=consent.method,
+                obtained_at=consent.obtained_at,
+                attested=consent.attested,
+                recorded_by=actor,
+            )
+
+        if after.categories != before.categories or after.bounced != before.bounced:
+            changed_channels = sorted({*changed_channels, Channel.EMAIL})
+        entry = AuditEntry.objects.create(
+            created_at=now,
+            actor=actor,
+            actor_label=_label(actor, source),
+            source=source,
+            action=action,
+            contact=locked,
+            contact_version=locked.version,
+            channels=changed_channels,
+            before=before.as_json(),
+            after=after.as_json(),
+            note=note,
+            consent=consent_row,
+        )
+        ContactSync.objects.bulk_create(
+            [
+                ContactSync(contact=locked, target=target, status=SyncStatus.PENDING)
+                for target in SyncTarget.values
+            ],
+            update_conflicts=True,
+            unique_fields=["contact", "target"],
+            update_fields=["status", "updated_at"],
+        )
+    if isinstance(contact, Contact):
+        contact.refresh_from_db()
+    return entry
+
+
+def escalate(*, contact: Contact, actor: User, note: str) -> Escalation:
+    """Hand a request to a manager instead of deciding (rule 12)."""
+    note = note.strip()
+    if not note:
+        raise ChangeRefused("Write a note for the manager: what did the contact ask for?")
+    with transaction.atomic():
+        escalation = Escalation.objects.create(contact=contact, raised_by=actor, note=note)
+        AuditEntry.objects.create(
+            actor=actor,
+            actor_label=actor.get_username(),
+            source=Source.STAFF,
+            action=AuditAction.ESCALATION,
+            contact=contact,
+            note=note,
+        )
+    return escalation
+
+
+def resolve_escalation(*, escalation_id: int, actor: User, note: str) -> Escalation:
+    note = note.strip()
+    if not note:
+        raise ChangeRefused("Write a note saying how the request was resolved.")
+    with transaction.atomic():
+        escalation = Escalation.objects.select_for_update().get(pk=escalation_id)
+        if not escalation.is_open:
+            raise ChangeRefused("This escalation has already been resolved.")
+        escalation.resolved_by = actor
+        escalation.resolved_at = timezone.now()
+        escalation.resolution_note = note
+        escalation.save(update_fields=["resolved_by", "resolved_at", "resolution_note"])
+        AuditEntry.objects.create(
+            actor=actor,
+            actor_label=actor.get_username(),
+            source=Source.STAFF,
+            action=AuditAction.ESCALATION_RESOLVED,
+            contact_id=escalation.contact_id,
+            note=note,
+        )
+    return escalation
