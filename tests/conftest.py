@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pgtrigger
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, TransactionTestCase
+
+from preferences.management.commands.create_staff_user import create_staff_user
+
+from tests import factories
+
+_fixture_teardown = TransactionTestCase._fixture_teardown
+
+
+def _fixture_teardown_allowing_audit_truncate(self: TransactionTestCase) -> None:
+    # Emptying the test database between transactional tests is the one TRUNCATE the
+    # append-only audit table must let through.
+    with pgtrigger.ignore("audit.AuditEntry:no_truncate"):
+        _fixture_teardown(self)
+
+
+TransactionTestCase._fixture_teardown = _fixture_teardown_allowing_audit_truncate  # type: ignore[method-assign]
+
+PASSWORD = "a-long-test-password-2026"
+ROLES = ("specialist", "manager", "system")
+
+
+@pytest.fixture
+def categories(db: None) -> list[Any]:
+    return factories.make_categories()
+
+
+@pytest.fixture
+def contact(categories: list[Any]) -> Any:
+    return factories.make_contact()
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[[str], User]:
+    def make(role: str, email: str | None = None) -> User:
+        return create_staff_user(email or f"{role}@test.example", role, PASSWORD)
+
+    return make
+
+
+@pytest.fixture
+def specialist(make_user: Callable[[str], User]) -> User:
+    return make_user("specialist")
+
+
+@pytest.fixture
+def manager(make_user: Callable[[str], User]) -> User:
+    return make_user("manager")
+
+
+@pytest.fixture
+def system_user(make_user: Callable[[str], User]) -> User:
+    return make_user("system")
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    """Signed in, but holds no role."""
+    return User.objects.create_user("outsider@test.example", "outsider@test.example", PASSWORD)
+
+
+def _client_for(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def specialist_client(specialist: User) -> Client:
+    return _client_for(specialist)
+
+
+@pytest.fixture
+def manager_client(manager: User) -> Client:
+    return _client_for(manager)
+
+
+@pytest.fixture
+def system_client(system_user: User) -> Client:
+    return _client_for(system_user)
+
+
+@pytest.fixture
+def outsider_client(outsider: User) -> Client:
+    return _client_for(outsider)
