@@ -6,8 +6,12 @@ os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("STATIC_MANIFEST", "false")
 os.environ.setdefault("SECURE_COOKIES", "false")
 
-from config.settings import *  # noqa: E402, F403
+from config.settings import *  # noqa: F403
 
 # Hashing cost is not what these tests measure.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
+
+# Lets two test runs on one machine (say, a developer's and a helper's) use separate databases.
+if os.environ.get("TEST_DATABASE_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}  # noqa: F405

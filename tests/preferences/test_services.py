@@ -23,7 +23,10 @@ def test_opting_out_of_email_turns_every_category_off(contact, specialist):
     _subscribe(contact, specialist, {"newsletter", "events", "giving"})
 
     entry = apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop all email.",
+        contact=contact,
+        actor=specialist,
+        source="staff",
+        note="Stop all email.",
         opt_out={"email": True},
     )
 
@@ -37,12 +40,17 @@ def test_opting_out_of_email_turns_every_category_off(contact, specialist):
 
 
 def test_reenrolment_without_consent_is_refused(contact, specialist):
-    apply_change(contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True})
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
     version = contact.version
 
     with pytest.raises(ChangeRefused, match="re-enrolment"):
         apply_change(
-            contact=contact, actor=specialist, source="staff", note="Wants back in.",
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Wants back in.",
             opt_out={"email": False},
         )
 
@@ -53,22 +61,33 @@ def test_reenrolment_without_consent_is_refused(contact, specialist):
 
 
 def test_reenrolment_with_unattested_consent_is_refused(contact, specialist):
-    apply_change(contact=contact, actor=specialist, source="staff", note="No calls.", opt_out={"phone": True})
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="No calls.", opt_out={"phone": True}
+    )
 
     with pytest.raises(ChangeRefused, match="consented"):
         apply_change(
-            contact=contact, actor=specialist, source="staff", note="Calls again.",
-            opt_out={"phone": False}, consent=factories.consent(attested=False),
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Calls again.",
+            opt_out={"phone": False},
+            consent=factories.consent(attested=False),
         )
     assert current_state(contact).opted_out["phone"] is True
 
 
 def test_consent_dated_in_the_future_is_refused(contact, specialist):
-    apply_change(contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True})
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
 
     with pytest.raises(ChangeRefused, match="future"):
         apply_change(
-            contact=contact, actor=specialist, source="staff", note="Back in.",
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Back in.",
             opt_out={"email": False},
             consent=factories.consent(obtained_at=timezone.now() + timedelta(days=1)),
         )
@@ -76,11 +95,17 @@ def test_consent_dated_in_the_future_is_refused(contact, specialist):
 
 def test_reenrolment_with_consent_records_the_evidence(contact, specialist):
     _subscribe(contact, specialist, {"newsletter"})
-    apply_change(contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True})
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
 
     entry = apply_change(
-        contact=contact, actor=specialist, source="staff", note="Asked to be back on email.",
-        opt_out={"email": False}, consent=factories.consent(method="in_person"),
+        contact=contact,
+        actor=specialist,
+        source="staff",
+        note="Asked to be back on email.",
+        opt_out={"email": False},
+        consent=factories.consent(method="in_person"),
     )
 
     assert entry.action == AuditAction.RE_ENROLMENT
@@ -96,19 +121,27 @@ def test_reenrolment_with_consent_records_the_evidence(contact, specialist):
 
 def test_a_change_without_a_note_is_refused(contact, specialist):
     with pytest.raises(ChangeRefused, match="note"):
-        apply_change(contact=contact, actor=specialist, source="staff", note="   ", opt_out={"email": True})
+        apply_change(
+            contact=contact, actor=specialist, source="staff", note="   ", opt_out={"email": True}
+        )
     assert not ChannelPreference.objects.exists()
     assert not AuditEntry.objects.exists()
 
 
 def test_a_stale_version_is_refused(contact, specialist, manager):
     loaded_version = contact.version
-    apply_change(contact=contact, actor=manager, source="staff", note="First.", opt_out={"phone": True})
+    apply_change(
+        contact=contact, actor=manager, source="staff", note="First.", opt_out={"phone": True}
+    )
 
     with pytest.raises(StaleChange, match="Someone else changed") as refused:
         apply_change(
-            contact=contact, actor=specialist, source="staff", note="Second.",
-            opt_out={"email": True}, expected_version=loaded_version,
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Second.",
+            opt_out={"email": True},
+            expected_version=loaded_version,
         )
     assert refused.value.latest is not None
     assert refused.value.latest.actor == manager
@@ -116,7 +149,9 @@ def test_a_stale_version_is_refused(contact, specialist, manager):
 
 
 def test_categories_cannot_be_ticked_while_opted_out_of_email(contact, specialist):
-    apply_change(contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True})
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
 
     with pytest.raises(ChangeRefused, match="opted out of email"):
         _subscribe(contact, specialist, {"events"})
@@ -124,20 +159,27 @@ def test_categories_cannot_be_ticked_while_opted_out_of_email(contact, specialis
 
 def test_a_change_that_changes_nothing_is_refused(contact, specialist):
     with pytest.raises(ChangeRefused, match="Nothing to change"):
-        apply_change(contact=contact, actor=specialist, source="staff", note="Hm.", opt_out={"email": False})
+        apply_change(
+            contact=contact, actor=specialist, source="staff", note="Hm.", opt_out={"email": False}
+        )
     assert not AuditEntry.objects.exists()
 
 
 def test_unknown_channel_and_category_are_refused(contact, specialist):
     with pytest.raises(ChangeRefused, match="Unknown channel"):
-        apply_change(contact=contact, actor=specialist, source="staff", note="x", opt_out={"fax": True})
+        apply_change(
+            contact=contact, actor=specialist, source="staff", note="x", opt_out={"fax": True}
+        )
     with pytest.raises(ChangeRefused, match="Unknown email category"):
         _subscribe(contact, specialist, {"horoscopes"})
 
 
 def test_a_change_writes_one_audit_entry_and_a_sync_record_per_target(contact, specialist):
     entry = apply_change(
-        contact=contact, actor=specialist, source="staff", note="No calls please.",
+        contact=contact,
+        actor=specialist,
+        source="staff",
+        note="No calls please.",
         opt_out={"phone": True},
     )
 
@@ -151,7 +193,11 @@ def test_a_change_writes_one_audit_entry_and_a_sync_record_per_target(contact, s
     assert sorted(s.target for s in syncs) == sorted(SyncTarget.values)
     assert {s.status for s in syncs} == {"pending"}
     banner = ChannelPreference.objects.get(contact=contact, channel="phone")
-    assert (banner.opted_out, banner.changed_by, banner.note) == (True, specialist, "No calls please.")
+    assert (banner.opted_out, banner.changed_by, banner.note) == (
+        True,
+        specialist,
+        "No calls please.",
+    )
 
 
 def test_a_failure_half_way_leaves_no_partial_state(contact, specialist, monkeypatch):
@@ -165,7 +211,9 @@ def test_a_failure_half_way_leaves_no_partial_state(contact, specialist, monkeyp
     # The audit entry is written after the state: failing there must undo the state too.
     monkeypatch.setattr(AuditEntry.objects, "create", explode)
     with pytest.raises(RuntimeError):
-        apply_change(contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True})
+        apply_change(
+            contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+        )
 
     contact.refresh_from_db()
     assert current_state(contact) == before
@@ -177,7 +225,10 @@ def test_a_failure_half_way_leaves_no_partial_state(contact, specialist, monkeyp
 
 def test_a_change_from_another_system_is_recorded_with_its_source(contact):
     entry = apply_change(
-        contact=contact, actor=None, source="email_platform", note="Footer unsubscribe.",
+        contact=contact,
+        actor=None,
+        source="email_platform",
+        note="Footer unsubscribe.",
         opt_out={"email": True},
     )
     assert entry.actor is None

@@ -1,0 +1,206 @@
+"""Every URL answers anonymous, outsider, specialist, manager and system team as intended.
+
+The patterns are enumerated from the URLconf, so a view added without an entry in ACCESS
+fails test_every_url_of_ours_has_an_access_rule until someone decides who may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
+
+from preferences.services import escalate
+
+LOGIN = "login"  # a redirect to the sign-in page
+ROLES = ("anonymous", "outsider", "specialist", "manager", "system")
+
+# url name: (method, {role: expected status or LOGIN})
+ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
+    "preferences:home": (
+        "GET",
+        {"anonymous": 302, "outsider": 302, "specialist": 302, "manager": 302, "system": 302},
+    ),
+    "preferences:search": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 200, "manager": 200, "system": 200},
+    ),
+    "preferences:contact": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 200, "manager": 200, "system": 200},
+    ),
+    # An empty POST reaches the form, which refuses it: 422 proves the role check passed.
+    "preferences:update": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
+    ),
+    "preferences:escalate": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
+    ),
+    "preferences:escalations": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 403},
+    ),
+    "preferences:resolve_escalation": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 302, "system": 403},
+    ),
+}
+OUR_APPS = ("preferences.", "audit.", "config.")
+
+
+def _patterns(
+    resolver: URLResolver, namespace: str = "", route: str = ""
+) -> Iterator[tuple[str, URLPattern, str]]:
+    """(name, pattern, route) for every view, route being the regex-free path where it has one."""
+    for pattern in resolver.url_patterns:
+        here = route + str(pattern.pattern).lstrip("^").rstrip("$")
+        if isinstance(pattern, URLResolver):
+            inner = pattern.namespace or ""
+            yield from _patterns(pattern, f"{namespace}{inner}:" if inner else namespace, here)
+        else:
+            yield f"{namespace}{pattern.name}", pattern, here
+
+
+def _ours() -> dict[str, URLPattern]:
+    return {
+        name: pattern
+        for name, pattern, _ in _patterns(get_resolver())
+        if pattern.lookup_str.startswith(OUR_APPS)
+    }
+
+
+def test_every_url_of_ours_has_an_access_rule():
+    missing = sorted(set(_ours()) - set(ACCESS))
+    assert not missing, f"Add these URLs to ACCESS, with who may use them: {missing}"
+    assert sorted(set(ACCESS) - set(_ours())) == [], "ACCESS names URLs that no longer exist"
+
+
+@pytest.fixture
+def objects(contact, specialist):
+    return {
+        "pk": contact.pk,
+        "escalation": escalate(contact=contact, actor=specialist, note="?").pk,
+    }
+
+
+@pytest.fixture
+def clients(specialist_client, manager_client, system_client, outsider_client):
+    return {
+        "anonymous": Client(),
+        "outsider": outsider_client,
+        "specialist": specialist_client,
+        "manager": manager_client,
+        "system": system_client,
+    }
+
+
+def _url(name: str, objects: dict[str, int]) -> str:
+    pattern = _ours()[name]
+    kwargs = {}
+    if "pk" in pattern.pattern.converters:
+        kwargs["pk"] = objects["escalation"] if "escalation" in name else objects["pk"]
+    return reverse(name, kwargs=kwargs)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("name", sorted(ACCESS))
+def test_url_answers_each_role_as_intended(name, role, objects, clients):
+    method, rules = ACCESS[name]
+    expected = rules[role]
+    url = _url(name, objects)
+    response = getattr(clients[role], method.lower())(url)
+    if expected == LOGIN:
+        assert response.status_code == 302
+        assert response.url.startswith(reverse("account_login"))
+    else:
+        assert response.status_code == expected
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(ACCESS))
+def test_the_wrong_method_is_refused(name, objects, specialist_client):
+    method, _ = ACCESS[name]
+    other = "post" if method == "GET" else "get"
+    response = getattr(specialist_client, other)(_url(name, objects))
+    assert response.status_code == 405
+
+
+@pytest.mark.django_db
+def test_an_expired_session_under_htmx_redirects_the_whole_page_to_sign_in(objects):
+    response = Client().post(
+        reverse("preferences:update", kwargs={"pk": objects["pk"]}),
+        headers={
+            "HX-Request": "true",
+            "HX-Current-URL": f"http://testserver/contacts/{objects['pk']}/",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Redirect"].startswith(reverse("account_login"))
+    assert f"next=/contacts/{objects['pk']}/" in response.headers["HX-Redirect"]
+
+
+PUBLIC = {
+    "account_login",
+    "account_signup",  # answers that sign-up is closed (tested below)
+    "account_reset_password",
+    "account_reset_password_done",
+    "account_reset_password_from_key_done",
+    "account_inactive",
+    "account_email_verification_sent",
+    "account_reauthenticate",
+    "socialaccount_login_cancelled",
+    "socialaccount_login_error",
+    "socialaccount_signup",
+    "mfa_authenticate",
+}
+
+
+@pytest.mark.django_db
+def test_third_party_pages_are_signed_in_only_except_sign_in_itself():
+    """allauth and the admin: what an anonymous visitor can open is a short, known list."""
+    for name, pattern, route in _patterns(get_resolver()):
+        if pattern.lookup_str.startswith(OUR_APPS) or pattern.pattern.regex.groups:
+            continue
+        response = Client().get("/" + route)
+        if response.status_code in (301, 302):
+            target = resolve(urlsplit(response.url).path)
+            assert target.url_name in PUBLIC | {"home", "login"}, (name, response.url)
+        elif response.status_code == 200:
+            assert name in PUBLIC, f"{name} (/{route}) is open to anonymous visitors"
+        else:
+            assert response.status_code in (401, 403, 404, 405), (name, response.status_code)
+
+
+@pytest.mark.django_db
+def test_public_sign_up_is_closed():
+    response = Client().post(
+        reverse("account_signup"),
+        {
+            "email": "new@example.com",
+            "password1": "x-long-password-1",
+            "password2": "x-long-password-1",
+        },
+    )
+    assert b"closed" in response.content.lower()
+    from django.contrib.auth.models import User
+
+    assert not User.objects.filter(email="new@example.com").exists()
+
+
+@pytest.mark.django_db
+def test_only_the_system_team_reaches_the_admin(clients):
+    url = reverse("admin:index")
+    assert clients["anonymous"].get(url).status_code == 302
+    for role in ("outsider", "specialist", "manager"):
+        assert clients[role].get(url, follow=True).status_code == 403, role
+    assert clients["system"].get(url).status_code == 200
+    assert (
+        clients["system"].get(reverse("admin:preferences_emailcategory_changelist")).status_code
+        == 200
+    )
