@@ -21,6 +21,7 @@ class ContactAdmin(admin.ModelAdmin[Contact]):
 
     list_display = ["__str__", "email", "salesforce_id", "ascend_id", "version"]
     search_fields = ["=email", "=salesforce_id", "=ascend_id"]
+    ordering = ["-pk"]  # an index; sorting a million contacts by name is not
     show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:

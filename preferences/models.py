@@ -76,9 +76,12 @@ class ContactQuerySet(models.QuerySet["Contact"]):
             return self.filter(
                 Q(ascend_id=query) | Q(phone_digits=digits) | Q(phone_digits=f"1{digits}")
             )
-        words = [word for word in query.lower().split() if word]
+        words = query.lower().split()
         if max(len(word) for word in words) < 3:
             return self.none()
+        if len(words) == 1:
+            # One word may be a name fragment or the start of an email address.
+            return self.filter(Q(search_name__contains=words[0]) | Q(email__startswith=words[0]))
         result = self
         for word in words:
             result = result.filter(search_name__contains=word)
@@ -130,7 +133,6 @@ class Contact(models.Model):
     objects = ContactQuerySet.as_manager()
 
     class Meta:
-        ordering = ["last_name", "first_name", "id"]
         permissions = [
             ("change_preferences", "Can change a contact's communication preferences"),
             ("resolve_escalation", "Can resolve escalated requests"),

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from audit.models import AuditAction, AuditEntry
+from preferences.services import apply_change, current_state, escalate
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HX-Request": "true"}
+
+
+def _url(contact, name="update"):
+    return reverse(f"preferences:{name}", kwargs={"pk": contact.pk})
+
+
+def _form(contact, **fields):
+    data = {"version": contact.version, "note": "Caller asked by phone."}
+    data.update(fields)
+    return data
+
+
+def _opt_out(contact, user, channel="email"):
+    return apply_change(
+        contact=contact, actor=user, source="staff", note="Asked to stop.", opt_out={channel: True}
+    )
+
+
+def test_contact_page_shows_toggles_categories_and_history(specialist_client, contact, specialist):
+    _opt_out(contact, specialist, "phone")
+    response = specialist_client.get(_url(contact, "contact"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" in html
+    assert 'name="opt_out_email"' in html and 'name="opt_out_phone"' in html
+    assert 'value="newsletter"' in html
+    assert 'data-action="opt_out"' in html
+    assert specialist.email in html
+
+
+def test_contact_page_under_htmx_is_the_fragment_only(specialist_client, contact):
+    response = specialist_client.get(_url(contact, "contact"), headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in html
+    assert html.lstrip().startswith('<div id="contact-main">')
+
+
+def test_banner_says_which_channel_since_when_by_whom_and_the_note(
+    specialist_client, contact, specialist
+):
+    _opt_out(contact, specialist, "email")
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert 'aria-label="Opt-out banner"' in html
+    banner = html[
+        html.index("Opt-out banner") : html.index("</section>", html.index("Opt-out banner"))
+    ]
+    assert 'data-channel="email"' in banner
+    assert specialist.email in banner
+    assert "Asked to stop." in banner
+    assert f"{timezone.localtime():%Y}" in banner
+
+
+def test_no_banner_when_nothing_is_opted_out(specialist_client, contact):
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert "Opt-out banner" not in html
+
+
+def test_bounced_contact_shows_the_banner(specialist_client, contact):
+    apply_change(
+        contact=contact, actor=None, source="email_platform", note="Hard bounce.", bounced=True
+    )
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert 'data-channel="bounced"' in html
+
+
+def test_opting_out_by_plain_post_redirects_back_to_the_page(specialist_client, contact):
+    response = specialist_client.post(
+        _url(contact), _form(contact, opt_out_email="on", categories=[])
+    )
+    assert response.status_code == 302
+    assert response.url == _url(contact, "contact")
+    assert current_state(contact).opted_out["email"] is True
+    page = specialist_client.get(response.url).content.decode()
+    assert "Saved." in page
+    assert 'data-channel="email"' in page
+
+
+def test_opting_out_under_htmx_answers_with_the_refreshed_fragment(specialist_client, contact):
+    response = specialist_client.post(
+        _url(contact), _form(contact, opt_out_phone="on"), headers=HTMX
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in html
+    assert 'data-channel="phone"' in html
+    assert "Saved." in html
+
+
+def test_opting_out_turns_the_ticked_categories_off(specialist_client, contact, specialist):
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="x", categories={"events", "giving"}
+    )
+    contact.refresh_from_db()
+    specialist_client.post(
+        _url(contact), _form(contact, opt_out_email="on", categories=["events", "giving"])
+    )
+    assert current_state(contact).categories == frozenset()
+
+
+def test_a_change_without_a_note_is_refused_with_a_message(specialist_client, contact):
+    response = specialist_client.post(_url(contact), _form(contact, opt_out_email="on", note=" "))
+    assert response.status_code == 422
+    assert "Write a note: every change needs one." in response.content.decode()
+    assert current_state(contact).opted_out["email"] is False
+    assert not AuditEntry.objects.exists()
+
+
+def test_reenrolment_by_direct_post_without_consent_is_refused(
+    specialist_client, contact, specialist
+):
+    _opt_out(contact, specialist)
+    contact.refresh_from_db()
+    response = specialist_client.post(_url(contact), _form(contact), headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert "is a re-enrolment" in html
+    assert current_state(contact).opted_out["email"] is True
+    assert AuditEntry.objects.filter(action=AuditAction.RE_ENROLMENT).count() == 0
+
+
+def test_half_filled_consent_is_refused(specialist_client, contact, specialist):
+    _opt_out(contact, specialist)
+    contact.refresh_from_db()
+    response = specialist_client.post(_url(contact), _form(contact, consent_method="email"))
+    assert response.status_code == 422
+    assert "Complete the consent confirmation" in response.content.decode()
+    assert current_state(contact).opted_out["email"] is True
+
+
+def test_reenrolment_with_consent_then_suggests_the_earlier_categories(
+    specialist_client, contact, specialist
+):
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="x", categories={"events", "giving"}
+    )
+    _opt_out(contact, specialist)
+    contact.refresh_from_db()
+    asked = timezone.localtime() - timezone.timedelta(hours=1)
+    response = specialist_client.post(
+        _url(contact),
+        _form(
+            contact,
+            consent_method="phone_call",
+            consent_obtained_at=asked.strftime("%Y-%m-%dT%H:%M"),
+            consent_attested="on",
+        ),
+        headers=HTMX,
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert current_state(contact).opted_out["email"] is False
+    assert current_state(contact).categories == frozenset()
+    suggestion = html[
+        html.index('class="suggest"') : html.index("</p>", html.index('class="suggest"'))
+    ]
+    assert "Events and reunions" in suggestion and "Giving and appeals" in suggestion
+    assert (
+        "checked"
+        not in html[
+            html.index("<legend>Email categories") : html.index(
+                "</fieldset>", html.index("<legend>Email categories")
+            )
+        ]
+    )
+    entry = AuditEntry.objects.get(action=AuditAction.RE_ENROLMENT)
+    assert entry.consent.method == "phone_call"
+
+
+def test_a_stale_form_is_refused_and_keeps_what_was_typed(specialist_client, contact, manager):
+    loaded = contact.version
+    _opt_out(contact, manager, "phone")
+    response = specialist_client.post(
+        _url(contact),
+        {"version": loaded, "note": "My carefully written note.", "opt_out_email": "on"},
+        headers=HTMX,
+    )
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert "Someone else changed this contact" in html
+    assert manager.email in html
+    assert "My carefully written note." in html
+    assert current_state(contact).opted_out["email"] is False
+    contact.refresh_from_db()
+    assert f'name="version" value="{contact.version}"' in html
+
+
+def test_escalating_hands_the_request_to_managers(specialist_client, manager_client, contact):
+    response = specialist_client.post(_url(contact, "escalate"), {"note": "Wants a call first?"})
+    assert response.status_code == 302
+    entry = AuditEntry.objects.get(action=AuditAction.ESCALATION)
+    assert entry.note == "Wants a call first?"
+    listing = manager_client.get(reverse("preferences:escalations")).content.decode()
+    assert "Wants a call first?" in listing
+
+
+def test_escalating_without_a_note_is_refused(specialist_client, contact):
+    response = specialist_client.post(_url(contact, "escalate"), {"note": ""}, headers=HTMX)
+    assert response.status_code == 422
+    assert not AuditEntry.objects.exists()
+
+
+def test_a_manager_resolves_an_escalation_with_a_note(manager_client, contact, specialist):
+    escalation = escalate(contact=contact, actor=specialist, note="Unsure.")
+    url = reverse("preferences:resolve_escalation", kwargs={"pk": escalation.pk})
+    assert manager_client.post(url, {"note": ""}).status_code == 302
+    escalation.refresh_from_db()
+    assert escalation.is_open
+    manager_client.post(url, {"note": "Called back; keep opted out."})
+    escalation.refresh_from_db()
+    assert not escalation.is_open
+    assert AuditEntry.objects.filter(action=AuditAction.ESCALATION_RESOLVED).count() == 1
+    assert "Unsure." not in manager_client.get(reverse("preferences:escalations")).content.decode()
+
+
+def test_search_finds_contacts_every_way_staff_type_them(specialist_client, categories):
+    ada = factories.make_contact(
+        first_name="Ada",
+        last_name="Okafor",
+        email="ADA.Okafor@Example.edu",
+        phone="+1 (720) 555-0199",
+        ascend_id="1234567890",
+    )
+    factories.make_contact(first_name="Grace", last_name="Hopper")
+    search = reverse("preferences:search")
+    for query in [
+        "ada.okafor@example.edu",
+        "ADA.OKAFOR@",
+        "okaf",
+        "ada oka",
+        ada.salesforce_id,
+        ada.salesforce_id[:15],
+        "(720) 555-0199",
+        "7205550199",
+        "1234567890",
+    ]:
+        html = specialist_client.get(search, {"q": query}).content.decode()
+        assert "Okafor, Ada" in html, query
+        assert "Hopper" not in html, query
+
+
+def test_search_under_htmx_returns_only_the_results(specialist_client, contact):
+    response = specialist_client.get(
+        reverse("preferences:search"), {"q": contact.last_name}, headers=HTMX
+    )
+    html = response.content.decode()
+    assert "<html" not in html
+    assert html.lstrip().startswith('<section id="results"')
+    assert contact.last_name in html
+
+
+def test_search_says_when_nothing_matches(specialist_client, categories):
+    html = specialist_client.get(reverse("preferences:search"), {"q": "zzyzx"}).content.decode()
+    assert "No contact matches" in html
