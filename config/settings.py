@@ -175,3 +175,5 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
 }
+
+CSRF_FAILURE_VIEW = "config.views.csrf_failure"

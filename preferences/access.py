@@ -4,6 +4,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -27,6 +28,11 @@ def staff_view(permission: str) -> Callable[[View], View]:
             if not request.user.is_authenticated:
                 if request.htmx:
                     # An expired session: send the whole page, not the fragment, to sign-in.
+                    messages.warning(
+                        request,
+                        "Your session expired and nothing was saved. Sign in, then make the "
+                        "change again.",
+                    )
                     back = request.htmx.current_url_abs_path or request.get_full_path()
                     return HttpResponseClientRedirect(redirect_to_login(back).url)
                 return redirect_to_login(request.get_full_path())

@@ -35,6 +35,10 @@ class ChangeRefused(Exception):
     """The change breaks a rule; nothing was written. The message is for staff."""
 
 
+class ConsentRequired(ChangeRefused):
+    """A re-enrolment without complete consent evidence."""
+
+
 class StaleChange(ChangeRefused):
     """The contact changed after the form was loaded."""
 
@@ -93,12 +97,12 @@ def _check_consent(re_enrolled: list[str], consent: ConsentEvidence | None, now:
         return
     what = _channel_names(re_enrolled)
     if consent is None or not consent.attested:
-        raise ChangeRefused(
+        raise ConsentRequired(
             f"Opting the contact back in to {what} is a re-enrolment: record how and when "
             "the contact asked, and confirm that they consented."
         )
     if consent.obtained_at > now:
-        raise ChangeRefused("The consent date is in the future.")
+        raise ConsentRequired("The consent date is in the future.")
 
 
 def apply_change(

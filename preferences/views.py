@@ -21,6 +21,7 @@ from preferences.models import (
 )
 from preferences.services import (
     ChangeRefused,
+    ConsentRequired,
     PreferenceState,
     StaleChange,
     apply_change,
@@ -124,6 +125,10 @@ def describe_changes(entry: AuditEntry, names: dict[str, str]) -> list[str]:
             lines.append(f"{label}: opted out" if now else f"{label}: opted back in")
     added = sorted(set(after["categories"]) - set(before["categories"]))
     removed = sorted(set(before["categories"]) - set(after["categories"]))
+    # names is in the categories' display order; keys no longer configured go last.
+    order = {key: position for position, key in enumerate(names)}
+    added.sort(key=lambda k: order.get(k, len(order)))
+    removed.sort(key=lambda k: order.get(k, len(order)))
     if added:
         lines.append("Subscribed: " + ", ".join(names.get(k, k) for k in added))
     if removed:
@@ -183,6 +188,12 @@ def contact_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         form.is_valid()
         form.add_error(None, str(refused))
         return page(request, contact, form=form, status=409)
+    except ConsentRequired as refused:
+        form.add_error(None, str(refused))
+        for name in ("consent_method", "consent_obtained_at", "consent_attested"):
+            if not form.cleaned_data.get(name):
+                form.add_error(name, "Required to opt the contact back in.")
+        return page(request, contact, form=form, status=422)
     except ChangeRefused as refused:
         form.add_error(None, str(refused))
         return page(request, contact, form=form, status=422)

@@ -9,10 +9,9 @@ from django.contrib.auth.models import User
 from django.test import Client, TransactionTestCase
 
 from preferences.management.commands.create_staff_user import create_staff_user
-
 from tests import factories
 
-_fixture_teardown = TransactionTestCase._fixture_teardown
+_fixture_teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
 
 
 def _fixture_teardown_allowing_audit_truncate(self: TransactionTestCase) -> None:
@@ -22,7 +21,7 @@ def _fixture_teardown_allowing_audit_truncate(self: TransactionTestCase) -> None
         _fixture_teardown(self)
 
 
-TransactionTestCase._fixture_teardown = _fixture_teardown_allowing_audit_truncate  # type: ignore[method-assign]
+TransactionTestCase._fixture_teardown = _fixture_teardown_allowing_audit_truncate  # type: ignore[attr-defined]
 
 PASSWORD = "a-long-test-password-2026"
 ROLES = ("specialist", "manager", "system")

@@ -21,7 +21,7 @@ def entry(contact, specialist):
     )
 
 
-def _refused(sql: str, params: list[object] | None = None) -> str:
+def _refused(sql: str, params: list[int] | None = None) -> str:
     with pytest.raises(DatabaseError) as error, transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
     return str(error.value)

@@ -265,3 +265,39 @@ def test_search_under_htmx_returns_only_the_results(specialist_client, contact):
 def test_search_says_when_nothing_matches(specialist_client, categories):
     html = specialist_client.get(reverse("preferences:search"), {"q": "zzyzx"}).content.decode()
     assert "No contact matches" in html
+
+
+def test_a_refused_reenrolment_marks_the_missing_consent_fields(
+    specialist_client, contact, specialist
+):
+    _opt_out(contact, specialist)
+    contact.refresh_from_db()
+    html = specialist_client.post(_url(contact), _form(contact)).content.decode()
+    assert html.count("Required to opt the contact back in.") == 3
+
+
+def test_a_stale_csrf_token_under_htmx_reloads_the_page_with_a_message(specialist, contact):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(specialist)
+    response = client.post(
+        _url(contact), _form(contact, opt_out_email="on"), headers={**HTMX, "X-CSRFToken": "stale"}
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Refresh"] == "true"
+    assert current_state(contact).opted_out["email"] is False
+    page = client.get(_url(contact, "contact")).content.decode()
+    assert "Nothing was saved" in page
+
+
+def test_history_lists_categories_in_their_display_order(specialist_client, contact, specialist):
+    apply_change(
+        contact=contact,
+        actor=specialist,
+        source="staff",
+        note="x",
+        categories={"research", "newsletter", "events"},
+    )
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert "Subscribed: Alumni newsletter, Events and reunions, Research news" in html
