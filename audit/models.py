@@ -16,6 +16,9 @@ class AuditAction(models.TextChoices):
     BOUNCE = "bounce", "Bounce"
     ESCALATION = "escalation", "Escalation"
     ESCALATION_RESOLVED = "escalation_resolved", "Escalation resolved"
+    SYNC_FAILED = "sync_failed", "Sync failure"
+    SYNC_RETRY = "sync_retry", "Sync retry"
+    ASCEND_FILE = "ascend_file", "Ascend change file"
 
 
 class AuditEntry(models.Model):

@@ -309,7 +309,8 @@ class ContactSync(models.Model):
     """How far one target has received a contact's state (state-based sync).
 
     The target is behind while synced_version < contact.version; the push sends the
-    contact's current state, so a repeat is harmless.
+    contact's current state, so a repeat is harmless. A worker claims rows by setting
+    claimed_until; a claim that outlives its lease (the worker died) is simply taken again.
     """
 
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="syncs")
@@ -317,6 +318,10 @@ class ContactSync(models.Model):
     synced_version = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING)
     last_error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claim = models.UUIDField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     synced_at = models.DateTimeField(null=True, blank=True)
 
@@ -335,3 +340,41 @@ class ContactSync(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact} → {self.get_target_display()}: {self.get_status_display()}"
+
+
+class SyncWatermark(models.Model):
+    """How far an inbound feed has been read (e.g. Salesforce SystemModstamp)."""
+
+    name = models.CharField(max_length=50, unique=True)
+    value = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.value:%Y-%m-%d %H:%M:%S}"
+
+
+class AscendRun(models.Model):
+    """One nightly change file for Ascend: the audit entries (after_id, up_to_id] it covers.
+
+    Re-running a run writes the same window again, so the file is byte-identical; the next
+    run starts where the last delivered one ended, so no change falls between two nights.
+    """
+
+    after_id = models.BigIntegerField()
+    up_to_id = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    rows = models.PositiveIntegerField(default=0)
+    checksum = models.CharField("SHA-256", max_length=64, blank=True)
+    filename = models.CharField(max_length=200, blank=True)
+    destination = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-up_to_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["after_id", "up_to_id"], name="one_run_per_window")
+        ]
+
+    def __str__(self) -> str:
+        return f"Ascend run ({self.after_id}, {self.up_to_id}]"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
@@ -29,6 +29,10 @@ from preferences.models import (
     SyncStatus,
     SyncTarget,
 )
+
+# apply_change holds this advisory lock shared; the Ascend export takes it exclusively for
+# an instant to read the newest audit id, so every change up to that id has committed.
+CHANGE_WINDOW_LOCK = 7_310_001
 
 
 class ChangeRefused(Exception):
@@ -134,6 +138,8 @@ def apply_change(
 
     with transaction.atomic():
         contact_id = contact if isinstance(contact, int) else contact.pk
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [CHANGE_WINDOW_LOCK])
         # The row lock orders concurrent changes to one contact; the version check below
         # then catches forms loaded before the other change.
         locked = Contact.objects.select_for_update().get(pk=contact_id)
