@@ -6,7 +6,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
-from preferences.models import Source
+from preferences.models import Channel, Source
 
 
 class AuditAction(models.TextChoices):
@@ -74,3 +74,29 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.get_action_display()} by {self.actor_label}"
+
+    def describe_changes(self, names: dict[str, str]) -> list[str]:
+        """What changed, in staff words; names maps category keys to names in display order."""
+        before, after = self.before, self.after
+        if not before or not after:
+            return []
+        lines = []
+        for channel in Channel.values:
+            was = before["opted_out"].get(channel, False)
+            now = after["opted_out"].get(channel, False)
+            if was != now:
+                label = Channel(channel).label
+                lines.append(f"{label}: opted out" if now else f"{label}: opted back in")
+        added = sorted(set(after["categories"]) - set(before["categories"]))
+        removed = sorted(set(before["categories"]) - set(after["categories"]))
+        # names is in the categories' display order; keys no longer configured go last.
+        order = {key: position for position, key in enumerate(names)}
+        added.sort(key=lambda k: order.get(k, len(order)))
+        removed.sort(key=lambda k: order.get(k, len(order)))
+        if added:
+            lines.append("Subscribed: " + ", ".join(names.get(k, k) for k in added))
+        if removed:
+            lines.append("Unsubscribed: " + ", ".join(names.get(k, k) for k in removed))
+        if before.get("bounced") != after.get("bounced"):
+            lines.append("Email bounced" if after.get("bounced") else "Bounce cleared")
+        return lines

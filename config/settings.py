@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 import django_stubs_ext
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import envbool, envint, envlist, envstr
@@ -167,7 +168,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
 
 LOGGING = {
     "version": 1,
@@ -177,3 +178,50 @@ LOGGING = {
 }
 
 CSRF_FAILURE_VIEW = "config.views.csrf_failure"
+
+# --- Sync ------------------------------------------------------------------------------------
+# Salesforce (preferences/salesforce.py). The stand-in (standins/salesforce.py) is reached the
+# same way: only the login URL, the credentials and the CA bundle differ.
+SALESFORCE_LOGIN_URL = envstr("SALESFORCE_LOGIN_URL", "https://login.salesforce.com")
+SALESFORCE_AUTH = envstr("SALESFORCE_AUTH", "client_credentials")  # or "jwt"
+SALESFORCE_CLIENT_ID = envstr("SALESFORCE_CLIENT_ID", "")
+SALESFORCE_CLIENT_SECRET = envstr("SALESFORCE_CLIENT_SECRET", "")
+SALESFORCE_USERNAME = envstr("SALESFORCE_USERNAME", "")  # JWT bearer only
+SALESFORCE_PRIVATE_KEY = envstr("SALESFORCE_PRIVATE_KEY", "")  # PEM or a path; JWT only
+SALESFORCE_CA_BUNDLE = envstr("SALESFORCE_CA_BUNDLE", "")
+SALESFORCE_API_VERSION = envstr("SALESFORCE_API_VERSION", "60.0")
+SALESFORCE_TIMEOUT = envint("SALESFORCE_TIMEOUT", 30)
+SALESFORCE_CONNECT_TIMEOUT = envint("SALESFORCE_CONNECT_TIMEOUT", 10)
+SALESFORCE_TASK_EXTERNAL_ID = envstr("SALESFORCE_TASK_EXTERNAL_ID", "Preference_Change_Id__c")
+SALESFORCE_ENABLED = envbool("SALESFORCE_ENABLED", bool(SALESFORCE_CLIENT_ID))
+
+SYNC_PUSH_DELAY_SECONDS = envint("SYNC_PUSH_DELAY_SECONDS", 2)  # lets a burst share one call
+SYNC_CLAIM_LEASE_SECONDS = envint("SYNC_CLAIM_LEASE_SECONDS", 300)
+SYNC_RETRY_BASE_SECONDS = envint("SYNC_RETRY_BASE_SECONDS", 15)
+SYNC_RETRY_MAX_SECONDS = envint("SYNC_RETRY_MAX_SECONDS", 30 * 60)
+SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
+SYNC_PULL_SECONDS = envint("SYNC_PULL_SECONDS", 120)
+SYNC_PULL_LAG_SECONDS = envint("SYNC_PULL_LAG_SECONDS", 5)  # writes commit after their stamp
+
+# Ascend's nightly change file: a directory, or sftp://user@host:port/dir.
+ASCEND_DESTINATION = envstr("ASCEND_DESTINATION", str(BASE_DIR / ".data" / "ascend"))
+ASCEND_SFTP_KEY_FILE = envstr("ASCEND_SFTP_KEY_FILE", "")
+ASCEND_SFTP_PASSWORD = envstr("ASCEND_SFTP_PASSWORD", "")
+ASCEND_SFTP_HOST_KEY = envstr("ASCEND_SFTP_HOST_KEY", "")
+ASCEND_STAGING_DIR = envstr("ASCEND_STAGING_DIR", str(BASE_DIR / ".data" / "ascend-staging"))
+
+# A broker outage must not hold a request: publishing fails fast, the sweeper catches up.
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-sync": {"task": "preferences.tasks.sweep", "schedule": float(SYNC_SWEEP_SECONDS)},
+    "pull-salesforce": {
+        "task": "preferences.tasks.pull_from_salesforce",
+        "schedule": float(SYNC_PULL_SECONDS),
+    },
+    "ascend-nightly": {
+        "task": "preferences.tasks.ascend_nightly",
+        "schedule": crontab(hour=envint("ASCEND_HOUR_UTC", 8), minute=0),
+    },
+}

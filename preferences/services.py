@@ -7,10 +7,12 @@ records in one transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
@@ -29,6 +31,8 @@ from preferences.models import (
     SyncStatus,
     SyncTarget,
 )
+
+logger = logging.getLogger(__name__)
 
 # apply_change holds this advisory lock shared; the Ascend export takes it exclusively for
 # an instant to read the newest audit id, so every change up to that id has committed.
@@ -120,11 +124,14 @@ def apply_change(
     bounced: bool | None = None,
     consent: ConsentEvidence | None = None,
     expected_version: int | None = None,
+    already_in: Iterable[str] = (),
 ) -> AuditEntry:
     """Apply one preference change and return its audit entry, or raise ChangeRefused.
 
     opt_out maps a channel to its wanted opt-out; categories is the full set of category
-    keys the contact should receive; what is left as None stays as it is.
+    keys the contact should receive; what is left as None stays as it is. already_in names
+    sync targets that hold the new state already (a change read from Salesforce), so it is
+    not sent back to them.
     """
     note = note.strip()
     if not note:
@@ -253,18 +260,40 @@ def apply_change(
             note=note,
             consent=consent_row,
         )
-        ContactSync.objects.bulk_create(
-            [
-                ContactSync(contact=locked, target=target, status=SyncStatus.PENDING)
-                for target in SyncTarget.values
-            ],
-            update_conflicts=True,
-            unique_fields=["contact", "target"],
-            update_fields=["status", "updated_at"],
-        )
+        _mark_targets(locked, already_in=set(already_in), now=now)
+        transaction.on_commit(enqueue_push)
     if isinstance(contact, Contact):
         contact.refresh_from_db()
     return entry
+
+
+def _mark_targets(contact: Contact, *, already_in: set[str], now: datetime) -> None:
+    """The outbound sync records: every target is now behind, except those that told us."""
+    for target in SyncTarget.values:
+        if target in already_in:
+            values = {
+                "synced_version": contact.version,
+                "status": SyncStatus.SYNCED,
+                "synced_at": now,
+                "last_error": "",
+            }
+        else:
+            values = {"status": SyncStatus.PENDING}
+        ContactSync.objects.update_or_create(contact=contact, target=target, defaults=values)
+
+
+def enqueue_push() -> None:
+    """Ask a worker to push soon. Losing this message only delays the push: the sweeper
+    finds whatever is behind, so a broker outage must not fail a change already committed.
+    """
+    from preferences.tasks import push_to_salesforce
+
+    try:
+        push_to_salesforce.apply_async(countdown=settings.SYNC_PUSH_DELAY_SECONDS)
+    except Exception:  # the broker is down or unreachable
+        logger.warning(
+            "Could not queue the Salesforce push; the sweeper will send it", exc_info=True
+        )
 
 
 def escalate(*, contact: Contact, actor: User, note: str) -> Escalation:

@@ -91,7 +91,7 @@ def _render_contact(
     names = {c.key: c.name for c in categories}
     history = list(contact.audit_entries.select_related("consent")[:50])
     for entry in history:
-        entry.change_lines = describe_changes(entry, names)  # type: ignore[attr-defined]
+        entry.change_lines = entry.describe_changes(names)  # type: ignore[attr-defined]
     if form is None:
         form = PreferencesForm(categories=categories, state=state, version=contact.version)
     syncs = {s.target: s for s in contact.syncs.all()}
@@ -110,32 +110,6 @@ def _render_contact(
     if request.htmx and not request.htmx.boosted:
         template += "#contact-main"
     return render(request, template, context, status=status)
-
-
-def describe_changes(entry: AuditEntry, names: dict[str, str]) -> list[str]:
-    before, after = entry.before, entry.after
-    if not before or not after:
-        return []
-    lines = []
-    for channel in Channel.values:
-        was = before["opted_out"].get(channel, False)
-        now = after["opted_out"].get(channel, False)
-        if was != now:
-            label = Channel(channel).label
-            lines.append(f"{label}: opted out" if now else f"{label}: opted back in")
-    added = sorted(set(after["categories"]) - set(before["categories"]))
-    removed = sorted(set(before["categories"]) - set(after["categories"]))
-    # names is in the categories' display order; keys no longer configured go last.
-    order = {key: position for position, key in enumerate(names)}
-    added.sort(key=lambda k: order.get(k, len(order)))
-    removed.sort(key=lambda k: order.get(k, len(order)))
-    if added:
-        lines.append("Subscribed: " + ", ".join(names.get(k, k) for k in added))
-    if removed:
-        lines.append("Unsubscribed: " + ", ".join(names.get(k, k) for k in removed))
-    if before.get("bounced") != after.get("bounced"):
-        lines.append("Email bounced" if after.get("bounced") else "Bounce cleared")
-    return lines
 
 
 def _contact(pk: int) -> Contact:

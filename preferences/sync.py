@@ -1,0 +1,422 @@
+"""Carrying preferences between Preference Desk and Salesforce.
+
+Outbound is state-based: a push sends each contact's current absolute values and upserts
+its not-yet-sent notes as Tasks (on the change's id), so a repeat is harmless and order
+cannot invert. Rows are claimed with a lease; a worker that dies mid-batch leaves its claim
+to expire and the rows are simply pushed again.
+
+Inbound reads the contacts changed in Salesforce since a watermark and applies what differs
+through apply_change(), with the rule from DESIGN.md: the most protective value (opted out)
+wins, unless the local change is a consent-backed re-enrolment that is newer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, F, Q, Subquery, Value, When
+from django.db.models.functions import Greatest
+from django.db.models.lookups import GreaterThanOrEqual
+from django.utils import timezone
+
+from audit.models import AuditAction, AuditEntry
+from preferences.models import (
+    CHANNEL_SALESFORCE_FIELDS,
+    Channel,
+    ChannelPreference,
+    Contact,
+    ContactSync,
+    EmailCategory,
+    Source,
+    Subscription,
+    SyncStatus,
+    SyncTarget,
+    SyncWatermark,
+)
+from preferences.salesforce import (
+    MAX_RECORDS,
+    ContactPush,
+    PermanentError,
+    PushResult,
+    SalesforceClient,
+    SalesforceError,
+    note_task,
+)
+from preferences.services import ChangeRefused, apply_change, current_state, enqueue_push
+
+logger = logging.getLogger(__name__)
+
+SALESFORCE_ACTOR = "Salesforce sync"
+WATERMARK = "salesforce_contacts"
+
+
+@dataclass
+class PushOutcome:
+    claimed: int = 0
+    synced: int = 0
+    retry: int = 0
+    failed: int = 0
+    next_attempt_at: datetime | None = None
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff with jitter: repeated failures wait longer, and workers that
+    failed together do not come back together."""
+    ceiling = min(
+        settings.SYNC_RETRY_MAX_SECONDS, settings.SYNC_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    )
+    return float(random.uniform(ceiling / 2, ceiling))  # noqa: S311 (not for secrets)
+
+
+def _claim(target: str, limit: int, now: datetime) -> tuple[uuid.UUID, list[ContactSync]]:
+    token = uuid.uuid4()
+    with transaction.atomic():
+        # SKIP LOCKED: two workers claiming at once take different rows instead of waiting.
+        rows = list(
+            ContactSync.objects.select_for_update(skip_locked=True)
+            .filter(target=target, status=SyncStatus.PENDING)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("updated_at")[:limit]
+        )
+        lease = now + timedelta(seconds=settings.SYNC_CLAIM_LEASE_SECONDS)
+        ContactSync.objects.filter(pk__in=[row.pk for row in rows]).update(
+            claim=token, claimed_until=lease
+        )
+    return token, rows
+
+
+def _salesforce_fields(
+    opted_out: dict[str, bool], categories: set[str], category_fields: dict[str, str]
+) -> dict[str, bool]:
+    fields = {CHANNEL_SALESFORCE_FIELDS[c]: opted_out.get(c, False) for c in Channel.values}
+    for key, field_name in category_fields.items():
+        fields[field_name] = key in categories
+    return fields
+
+
+def _active_category_fields() -> dict[str, str]:
+    return dict(EmailCategory.objects.filter(is_active=True).values_list("key", "salesforce_field"))
+
+
+def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int, int]]:
+    """The pushes for the claimed rows, and the contact version each one carries.
+
+    Versions are read before the state: a change committing in between makes the state
+    newer than the version recorded, which only causes one more (harmless) push later.
+    The other order could mark a contact synced with a state Salesforce never received.
+    """
+    contact_ids = [row.contact_id for row in rows]
+    contacts = {
+        c.pk: c
+        for c in Contact.objects.filter(pk__in=contact_ids).only("pk", "salesforce_id", "version")
+    }
+    versions = {pk: contact.version for pk, contact in contacts.items()}
+    opted_out: dict[int, dict[str, bool]] = {pk: {} for pk in contact_ids}
+    for pk, channel, value in ChannelPreference.objects.filter(
+        contact_id__in=contact_ids
+    ).values_list("contact_id", "channel", "opted_out"):
+        opted_out[pk][channel] = value
+    categories: dict[int, set[str]] = {pk: set() for pk in contact_ids}
+    for pk, key in Subscription.objects.filter(contact_id__in=contact_ids).values_list(
+        "contact_id", "category__key"
+    ):
+        categories[pk].add(key)
+    category_fields = _active_category_fields()
+    names = dict(EmailCategory.objects.values_list("key", "name"))
+
+    wanted = Q(pk__in=[])
+    for row in rows:
+        wanted |= Q(
+            contact_id=row.contact_id,
+            contact_version__gt=row.synced_version,
+            contact_version__lte=versions[row.contact_id],
+        )
+    notes: dict[int, list[dict[str, Any]]] = {pk: [] for pk in contact_ids}
+    for entry in AuditEntry.objects.filter(wanted).select_related("consent").order_by("id"):
+        notes[entry.contact_id].append(  # type: ignore[index]
+            note_task(
+                change_id=f"PD-{entry.pk}",
+                who_id=contacts[entry.contact_id].salesforce_id,  # type: ignore[index]
+                subject=f"Preference change: {entry.get_action_display()}",
+                description=_task_description(entry, names),
+                activity_date=entry.created_at.date(),
+            )
+        )
+    pushes = [
+        ContactPush(
+            salesforce_id=contacts[row.contact_id].salesforce_id,
+            fields=_salesforce_fields(
+                opted_out[row.contact_id], categories[row.contact_id], category_fields
+            ),
+            tasks=notes[row.contact_id],
+        )
+        for row in rows
+    ]
+    return pushes, versions
+
+
+def _task_description(entry: AuditEntry, names: dict[str, str]) -> str:
+    lines = [entry.note, "", *entry.describe_changes(names)]
+    if entry.consent is not None:
+        consent = entry.consent
+        lines.append(
+            f"Consent: {consent.get_method_display()} on "
+            f"{consent.obtained_at.astimezone().isoformat(timespec='minutes')}, attested."
+        )
+    lines.append(
+        f"Recorded in Preference Desk by {entry.actor_label} ({entry.get_source_display()}) "
+        f"at {entry.created_at.isoformat(timespec='seconds')}, change PD-{entry.pk}."
+    )
+    return "\n".join(lines)
+
+
+def _record_success(row: ContactSync, token: uuid.UUID, version: int, now: datetime) -> None:
+    current = Subquery(Contact.objects.filter(pk=row.contact_id).values("version")[:1])
+    ContactSync.objects.filter(pk=row.pk, claim=token).update(
+        synced_version=Greatest("synced_version", Value(version)),
+        # Synced only if no change arrived since the push was built.
+        status=Case(
+            When(GreaterThanOrEqual(Value(version), current), then=Value(SyncStatus.SYNCED)),
+            default=Value(SyncStatus.PENDING),
+        ),
+        synced_at=now,
+        last_error="",
+        attempts=0,
+        next_attempt_at=None,
+        claim=None,
+        claimed_until=None,
+        updated_at=now,
+    )
+
+
+def _record_transient(row: ContactSync, token: uuid.UUID, error: str, now: datetime) -> datetime:
+    retry_at = now + timedelta(seconds=retry_delay(row.attempts + 1))
+    ContactSync.objects.filter(pk=row.pk, claim=token).update(
+        attempts=F("attempts") + 1,
+        next_attempt_at=retry_at,
+        last_error=error,
+        claim=None,
+        claimed_until=None,
+        updated_at=now,
+    )
+    return retry_at
+
+
+def _record_permanent(row: ContactSync, token: uuid.UUID, error: str, now: datetime) -> None:
+    with transaction.atomic():
+        updated = ContactSync.objects.filter(pk=row.pk, claim=token).update(
+            status=SyncStatus.FAILED,
+            attempts=F("attempts") + 1,
+            last_error=error,
+            claim=None,
+            claimed_until=None,
+            updated_at=now,
+        )
+        if updated:
+            AuditEntry.objects.create(
+                actor=None,
+                actor_label=SALESFORCE_ACTOR,
+                source=Source.SYSTEM,
+                action=AuditAction.SYNC_FAILED,
+                contact_id=row.contact_id,
+                channels=[],
+                note=f"Salesforce refused the update: {error}",
+            )
+
+
+def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
+    """Claim up to `limit` contacts behind in Salesforce, push them, record each result."""
+    now = timezone.now()
+    token, rows = _claim(SyncTarget.SALESFORCE, limit, now)
+    outcome = PushOutcome(claimed=len(rows))
+    if not rows:
+        return outcome
+    pushes, versions = _build_pushes(rows)
+    results: list[PushResult] | None = None
+    try:
+        with SalesforceClient() as client:
+            results = client.push(pushes)
+    except SalesforceError as error:
+        message = f"{error.code}: {error}"
+        done = timezone.now()
+        for row in rows:
+            if isinstance(error, PermanentError):
+                _record_permanent(row, token, message, done)
+                outcome.failed += 1
+            else:
+                retry_at = _record_transient(row, token, message, done)
+                outcome.retry += 1
+                outcome.next_attempt_at = min(filter(None, [outcome.next_attempt_at, retry_at]))
+        logger.warning("Salesforce push of %d contacts failed: %s", len(rows), message)
+        return outcome
+
+    done = timezone.now()
+    for row, result in zip(rows, results, strict=True):
+        if result.ok:
+            _record_success(row, token, versions[row.contact_id], done)
+            outcome.synced += 1
+        elif result.status == "transient":
+            retry_at = _record_transient(row, token, f"{result.code}: {result.message}", done)
+            outcome.retry += 1
+            outcome.next_attempt_at = min(filter(None, [outcome.next_attempt_at, retry_at]))
+        else:
+            _record_permanent(row, token, f"{result.code}: {result.message}", done)
+            outcome.failed += 1
+    return outcome
+
+
+def due_count(target: str = SyncTarget.SALESFORCE) -> int:
+    now = timezone.now()
+    return (
+        ContactSync.objects.filter(target=target, status=SyncStatus.PENDING)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .count()
+    )
+
+
+def retry_failed(*, sync_id: int, actor: Any) -> ContactSync:
+    """The system team fixed the cause of a permanent failure: send the contact again."""
+    with transaction.atomic():
+        sync = ContactSync.objects.select_for_update().get(pk=sync_id)
+        if sync.status != SyncStatus.FAILED:
+            raise ChangeRefused("Only a failed sync can be retried.")
+        previous = sync.last_error
+        sync.status = SyncStatus.PENDING
+        sync.attempts = 0
+        sync.next_attempt_at = None
+        sync.save(update_fields=["status", "attempts", "next_attempt_at", "updated_at"])
+        AuditEntry.objects.create(
+            actor=actor,
+            actor_label=actor.get_username(),
+            source=Source.STAFF,
+            action=AuditAction.SYNC_RETRY,
+            contact_id=sync.contact_id,
+            channels=[],
+            note=f"Retry of the {sync.get_target_display()} sync after: {previous}",
+        )
+        transaction.on_commit(enqueue_push)
+    return sync
+
+
+# --- inbound ---------------------------------------------------------------------------------
+
+
+def _remote_state(
+    record: dict[str, Any], category_fields: dict[str, str]
+) -> tuple[dict[str, bool], set[str]]:
+    opted_out = {c: bool(record.get(CHANNEL_SALESFORCE_FIELDS[c])) for c in Channel.values}
+    categories = {key for key, field_name in category_fields.items() if record.get(field_name)}
+    return opted_out, categories
+
+
+def _newer_consented_reenrolment(contact: Contact, channel: str, remote_stamp: datetime) -> bool:
+    """A local re-enrolment, with consent, made after Salesforce's change and not yet sent."""
+    sync = ContactSync.objects.filter(contact=contact, target=SyncTarget.SALESFORCE).first()
+    synced_version = sync.synced_version if sync else 0
+    return AuditEntry.objects.filter(
+        contact=contact,
+        action=AuditAction.RE_ENROLMENT,
+        channels__contains=[channel],
+        consent__isnull=False,
+        contact_version__gt=synced_version,
+        created_at__gt=remote_stamp,
+    ).exists()
+
+
+def apply_inbound(record: dict[str, Any], category_fields: dict[str, str]) -> str:
+    """Apply one Salesforce contact's values; returns what was done (for the log)."""
+    contact = Contact.objects.filter(salesforce_id=record["Id"]).first()
+    if contact is None:
+        return "unknown contact"
+    remote_out, remote_categories = _remote_state(record, category_fields)
+    local = current_state(contact)
+    local_active = {k for k in local.categories if k in category_fields}
+    if dict(local.opted_out) == remote_out and local_active == remote_categories:
+        return "same"  # includes our own writes read back: nothing echoes
+
+    stamp: datetime = record["SystemModstamp"]
+    opt_out: dict[str, bool] = {}
+    for channel in Channel.values:
+        remote_opted_out = remote_out[channel] and not local.opted_out[channel]
+        if remote_opted_out and not _newer_consented_reenrolment(contact, channel, stamp):
+            opt_out[channel] = True
+        # Salesforce clearing an opt-out is not consent: the opted-out value stays and is
+        # pushed back below.
+    sync = ContactSync.objects.filter(contact=contact, target=SyncTarget.SALESFORCE).first()
+    local_pending = sync is not None and sync.synced_version < contact.version
+    email_out = opt_out.get(Channel.EMAIL, local.opted_out[Channel.EMAIL])
+    categories: set[str] | None = None
+    if not email_out and not local_pending and local_active != remote_categories:
+        # Retired categories are not in Salesforce's picture: keep them as they are.
+        categories = remote_categories | (local.categories - set(category_fields))
+
+    applied = "kept local values"
+    if opt_out or categories is not None:
+        new_out = {**local.opted_out, **opt_out}
+        new_categories = (
+            set()
+            if email_out
+            else (categories if categories is not None else set(local.categories))
+        )
+        matches_remote = new_out == remote_out and (
+            {k for k in new_categories if k in category_fields} == remote_categories
+        )
+        who = record.get("LastModifiedById", "an unknown user")
+        try:
+            apply_change(
+                contact=contact,
+                actor=None,
+                source=Source.SALESFORCE,
+                note=f"Changed in Salesforce by user {who} at {stamp.isoformat()}.",
+                opt_out=opt_out or None,
+                categories=categories,
+                already_in=[SyncTarget.SALESFORCE] if matches_remote else [],
+            )
+            applied = "applied"
+        except ChangeRefused as refused:
+            logger.info("Inbound change for %s not applied: %s", contact.salesforce_id, refused)
+            applied = "refused"
+        contact.refresh_from_db()
+        if matches_remote:
+            return applied
+    # Salesforce disagrees with what we keep: send our values back (no new change).
+    ContactSync.objects.filter(contact=contact, target=SyncTarget.SALESFORCE).update(
+        status=SyncStatus.PENDING, next_attempt_at=None
+    )
+    if not ContactSync.objects.filter(contact=contact, target=SyncTarget.SALESFORCE).exists():
+        ContactSync.objects.create(
+            contact=contact, target=SyncTarget.SALESFORCE, synced_version=contact.version
+        )
+    transaction.on_commit(enqueue_push)
+    return applied + ", pushed back"
+
+
+def pull_from_salesforce() -> int:
+    """Read contacts changed in Salesforce since the watermark; returns how many were read."""
+    now = timezone.now()
+    watermark, _ = SyncWatermark.objects.get_or_create(
+        name=WATERMARK, defaults={"value": now - timedelta(days=1)}
+    )
+    # Salesforce stamps a transaction when it starts, so a write can commit with an earlier
+    # stamp than one already read: stop a little in the past and read again from there.
+    until = now - timedelta(seconds=settings.SYNC_PULL_LAG_SECONDS)
+    category_fields = _active_category_fields()
+    fields = [*CHANNEL_SALESFORCE_FIELDS.values(), *category_fields.values()]
+    seen = 0
+    latest = watermark.value
+    with SalesforceClient() as client:
+        for record in client.changed_contacts(watermark.value, until, fields):
+            apply_inbound(record, category_fields)
+            latest = max(latest, record["SystemModstamp"])
+            seen += 1
+    SyncWatermark.objects.filter(pk=watermark.pk).update(value=max(latest, until))
+    return seen
