@@ -337,6 +337,7 @@ class ContactSync(models.Model):
                 name="sync_behind",
             )
         ]
+        permissions = [("manage_sync", "Can see sync problems, retry them and list Ascend runs")]
 
     def __str__(self) -> str:
         return f"{self.contact} → {self.get_target_display()}: {self.get_status_display()}"

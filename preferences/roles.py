@@ -19,6 +19,7 @@ ROLES: dict[str, list[str]] = {
     SYSTEM_TEAM: [
         *_HANDLE_CONTACTS,
         "audit.view_audit_log",
+        "preferences.manage_sync",
         "preferences.view_emailcategory",
         "preferences.add_emailcategory",
         "preferences.change_emailcategory",

@@ -176,6 +176,9 @@ PERMANENT_CODES = frozenset(
         "FIELD_INTEGRITY_EXCEPTION",
         "DUPLICATE_EXTERNAL_ID",
         "CERTIFICATE_VERIFY_FAILED",
+        "TLS_CONFIGURATION",
+        "INVALID_PRIVATE_KEY",
+        "INVALID_URL",
         "invalid_client",
         "invalid_client_id",
         "invalid_grant",
@@ -321,14 +324,15 @@ class SalesforceClient:
 
     def connect(self) -> None:
         """Have a session: the process's cached token, or a fresh login."""
-        self._open(fresh=False)
+        self._open()
 
-    def _open(self, *, fresh: bool) -> Salesforce:
+    def _open(self, *, expired: str | None = None) -> Salesforce:
         config = self.config
         key = (config.login_url, config.auth, config.client_id, config.username)
         with _sessions_lock:
-            session = None if fresh else _sessions.get(key)
-        if session is None:
+            session = _sessions.get(key)
+        # Another client in this process may already have replaced the expired token.
+        if session is None or session.access_token == expired:
             session = self._login()
             with _sessions_lock:
                 _sessions[key] = session
@@ -339,6 +343,8 @@ class SalesforceClient:
             version=config.api_version,
             object_pairs_hook=dict,
         )
+        # Pretty-printed answers only make a 200-record composite response bigger.
+        self._api.headers.pop("X-PrettyPrint", None)
         return self._api
 
     def _login(self) -> _Session:
@@ -395,12 +401,12 @@ class SalesforceClient:
     def _call(self, operation: Callable[[Salesforce], T]) -> T:
         """Run one API call; on an expired session sign in again once and repeat it (a 401
         means Salesforce did nothing, so repeating is safe)."""
-        api = self._api or self._open(fresh=False)
+        api = self._api or self._open()
         try:
             return _translated(operation, api)
         except _SessionExpired:
             logger.info("Salesforce session expired; signing in again")
-        api = self._open(fresh=True)
+        api = self._open(expired=api.session_id)
         try:
             return _translated(operation, api)
         except _SessionExpired as exc:
@@ -435,6 +441,10 @@ class SalesforceClient:
             _check_id(salesforce_id)
         if len(set(ids)) != len(ids):
             raise ValueError("each contact may appear once in a push")
+        for record in records:
+            for name in record.fields:
+                if not _FIELD_NAME.match(name) or name.lower() == "id":
+                    raise ValueError(f"not a Contact field to update: {name!r}")
 
         external_id = self.config.task_external_id
         contacts = [
@@ -615,7 +625,9 @@ def _translated(operation: Callable[[Salesforce], T], api: Salesforce) -> T:
 def _network_error(exc: OSError) -> SalesforceError:
     if not isinstance(exc, requests.RequestException):
         # requests raises a bare OSError when the CA bundle file has gone missing.
-        return PermanentError("TLS_CONFIGURATION", str(exc))
+        if "CA certificate bundle" in str(exc):
+            return PermanentError("TLS_CONFIGURATION", str(exc))
+        return TransientError("CONNECTION_ERROR", f"could not reach Salesforce ({exc})")
     if isinstance(exc, requests.exceptions.SSLError):
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return PermanentError(

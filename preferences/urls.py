@@ -9,6 +9,10 @@ urlpatterns = [
     path("contacts/<int:pk>/", views.contact_detail, name="contact"),
     path("contacts/<int:pk>/preferences/", views.contact_update, name="update"),
     path("contacts/<int:pk>/escalate/", views.contact_escalate, name="escalate"),
+    path("contacts/<int:pk>/sync/", views.contact_sync, name="contact_sync"),
     path("escalations/", views.escalation_list, name="escalations"),
+    path("sync/problems/", views.sync_problems, name="sync_problems"),
+    path("sync/<int:pk>/retry/", views.sync_retry, name="sync_retry"),
+    path("ascend/runs/", views.ascend_runs, name="ascend_runs"),
     path("escalations/<int:pk>/resolve/", views.escalation_resolve, name="resolve_escalation"),
 ]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -11,12 +11,15 @@ from preferences.access import HtmxHttpRequest, staff_view
 from preferences.forms import NoteForm, PreferencesForm, SearchForm
 from preferences.models import (
     SEARCH_LIMIT,
+    AscendRun,
     Channel,
     ChannelPreference,
     Contact,
+    ContactSync,
     EmailCategory,
     Escalation,
     Source,
+    SyncStatus,
     SyncTarget,
 )
 from preferences.services import (
@@ -28,6 +31,7 @@ from preferences.services import (
     escalate,
     resolve_escalation,
 )
+from preferences.sync import retry_failed
 
 CONTACT_TEMPLATE = "preferences/contact_detail.html"
 
@@ -94,7 +98,6 @@ def _render_contact(
         entry.change_lines = entry.describe_changes(names)  # type: ignore[attr-defined]
     if form is None:
         form = PreferencesForm(categories=categories, state=state, version=contact.version)
-    syncs = {s.target: s for s in contact.syncs.all()}
     context = {
         "contact": contact,
         "banner": [p for p in contact.channel_preferences.all() if p.opted_out],
@@ -103,7 +106,7 @@ def _render_contact(
         "escalation_form": escalation_form or NoteForm(),
         "history": history,
         "suggested": _suggested_categories(history, state, categories),
-        "syncs": [(label, syncs.get(target)) for target, label in SyncTarget.choices],
+        **_sync_context(contact),
         "escalations": [e for e in contact.escalations.all() if e.is_open],
     }
     template = CONTACT_TEMPLATE
@@ -230,3 +233,58 @@ def escalation_resolve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     else:
         messages.error(request, "Write a note saying how the request was resolved.")
     return redirect("preferences:escalations")
+
+
+def _sync_context(contact: Contact) -> dict[str, object]:
+    syncs = {s.target: s for s in contact.syncs.all()}
+    rows = [(label, syncs.get(target)) for target, label in SyncTarget.choices]
+    return {
+        "syncs": rows,
+        "sync_pending": any(s is not None and s.status == SyncStatus.PENDING for _, s in rows),
+    }
+
+
+@require_GET
+@staff_view("preferences.view_contact")
+def contact_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The per-target sync state; the page polls it while something is pending."""
+    contact = get_object_or_404(Contact.objects.prefetch_related("syncs"), pk=pk)
+    return render(
+        request,
+        "preferences/contact_detail.html#sync",
+        {"contact": contact, **_sync_context(contact)},
+    )
+
+
+@require_GET
+@staff_view("preferences.manage_sync")
+def sync_problems(request: HtmxHttpRequest) -> HttpResponse:
+    problems = (
+        ContactSync.objects.filter(
+            Q(status=SyncStatus.FAILED) | Q(status=SyncStatus.PENDING, attempts__gt=0)
+        )
+        .select_related("contact")
+        .order_by("status", "-updated_at")[:500]
+    )
+    return render(request, "preferences/sync_problems.html", {"problems": problems})
+
+
+@require_POST
+@staff_view("preferences.manage_sync")
+def sync_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    sync_row = get_object_or_404(ContactSync.objects.select_related("contact"), pk=pk)
+    try:
+        retry_failed(sync_id=sync_row.pk, actor=request.user)
+    except ChangeRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(
+            request, f"{sync_row.contact} will be sent to {sync_row.get_target_display()} again."
+        )
+    return redirect("preferences:sync_problems")
+
+
+@require_GET
+@staff_view("preferences.manage_sync")
+def ascend_runs(request: HtmxHttpRequest) -> HttpResponse:
+    return render(request, "preferences/ascend_runs.html", {"runs": AscendRun.objects.all()[:200]})

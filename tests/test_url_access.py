@@ -12,7 +12,8 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
 
-from preferences.services import escalate
+from preferences.models import ContactSync
+from preferences.services import apply_change, escalate
 
 LOGIN = "login"  # a redirect to the sign-in page
 ROLES = ("anonymous", "outsider", "specialist", "manager", "system")
@@ -39,6 +40,23 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
     "preferences:escalate": (
         "POST",
         {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
+    ),
+    "preferences:contact_sync": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 200, "manager": 200, "system": 200},
+    ),
+    "preferences:sync_problems": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    # Retrying a row that has not failed is refused with a message and a redirect.
+    "preferences:sync_retry": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 302},
+    ),
+    "preferences:ascend_runs": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
     ),
     "preferences:escalations": (
         "GET",
@@ -81,9 +99,13 @@ def test_every_url_of_ours_has_an_access_rule():
 
 @pytest.fixture
 def objects(contact, specialist):
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="x", opt_out={"email": True}
+    )
     return {
         "pk": contact.pk,
         "escalation": escalate(contact=contact, actor=specialist, note="?").pk,
+        "sync": ContactSync.objects.filter(contact=contact).first().pk,
     }
 
 
@@ -102,7 +124,8 @@ def _url(name: str, objects: dict[str, int]) -> str:
     pattern = _ours()[name]
     kwargs = {}
     if "pk" in pattern.pattern.converters:
-        kwargs["pk"] = objects["escalation"] if "escalation" in name else objects["pk"]
+        kind = "escalation" if "escalation" in name else "sync" if "sync_retry" in name else "pk"
+        kwargs["pk"] = objects[kind]
     return reverse(name, kwargs=kwargs)
 
 

@@ -301,3 +301,35 @@ def test_history_lists_categories_in_their_display_order(specialist_client, cont
     )
     html = specialist_client.get(_url(contact, "contact")).content.decode()
     assert "Subscribed: Alumni newsletter, Events and reunions, Research news" in html
+
+
+def test_the_contact_page_shows_sync_state_and_polls_while_pending(
+    specialist_client, contact, specialist
+):
+    from preferences.models import ContactSync
+
+    _opt_out(contact, specialist)
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert 'data-target="salesforce" data-status="pending"' in html
+    assert 'hx-trigger="every 3s"' in html
+    ContactSync.objects.filter(contact=contact).update(status="synced", synced_at=timezone.now())
+    fragment = specialist_client.get(_url(contact, "contact_sync"), headers=HTMX).content.decode()
+    assert fragment.lstrip().startswith('<section class="card" id="sync"')
+    assert 'data-target="salesforce" data-status="synced"' in fragment
+    assert "every 3s" not in fragment  # nothing pending: stop polling
+
+
+def test_the_system_team_sees_failures_and_retries_them(system_client, contact, specialist):
+    from preferences.models import ContactSync
+
+    _opt_out(contact, specialist)
+    ContactSync.objects.filter(contact=contact, target="salesforce").update(
+        status="failed", last_error="INVALID_FIELD: No such column 'Events__c'"
+    )
+    page = system_client.get(reverse("preferences:sync_problems")).content.decode()
+    assert "No such column" in page
+    sync_row = ContactSync.objects.get(contact=contact, target="salesforce")
+    system_client.post(reverse("preferences:sync_retry", kwargs={"pk": sync_row.pk}))
+    sync_row.refresh_from_db()
+    assert sync_row.status == "pending"
+    assert AuditEntry.objects.filter(action="sync_retry", contact=contact).count() == 1
