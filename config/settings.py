@@ -208,6 +208,7 @@ ASCEND_DESTINATION = envstr("ASCEND_DESTINATION", str(BASE_DIR / ".data" / "asce
 ASCEND_SFTP_KEY_FILE = envstr("ASCEND_SFTP_KEY_FILE", "")
 ASCEND_SFTP_PASSWORD = envstr("ASCEND_SFTP_PASSWORD", "")
 ASCEND_SFTP_HOST_KEY = envstr("ASCEND_SFTP_HOST_KEY", "")
+ASCEND_SFTP_TIMEOUT = envint("ASCEND_SFTP_TIMEOUT", 30)
 ASCEND_STAGING_DIR = envstr("ASCEND_STAGING_DIR", str(BASE_DIR / ".data" / "ascend-staging"))
 
 # A broker outage must not hold a request: publishing fails fast, the sweeper catches up.

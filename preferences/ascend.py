@@ -35,13 +35,19 @@ import paramiko
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
-from django.db.models import BooleanField, Func, Max, Q
-from django.db.models.fields.json import KeyTransform
+from django.db.models import BooleanField, CharField, Func, Max, Q
+from django.db.models.fields.json import KT, KeyTextTransform
 from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
 from lib.spreadsheet import safe_row
-from preferences.models import CHANNEL_SALESFORCE_FIELDS, AscendRun, Source
+from preferences.models import (
+    CHANNEL_SALESFORCE_FIELDS,
+    AscendRun,
+    Source,
+    SyncStatus,
+    SyncTarget,
+)
 from preferences.services import CHANGE_WINDOW_LOCK
 
 logger = logging.getLogger(__name__)
@@ -90,7 +96,8 @@ def next_window() -> tuple[int, int]:
         # roll back) and holds new ones off, so when max(id) is read every entry up to it is
         # visible (READ COMMITTED: the SELECT takes its snapshot after the lock is granted),
         # and any later change gets a larger id. The lock is held for an instant only.
-        cursor.execute("SET LOCAL lock_timeout = %s", [WINDOW_LOCK_TIMEOUT])
+        # set_config, not SET: SET takes no bind parameters under server-side binding.
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [WINDOW_LOCK_TIMEOUT])
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHANGE_WINDOW_LOCK])
         up_to_id = AuditEntry.objects.aggregate(newest=Max("id"))["newest"] or 0
     return after_id, max(after_id, up_to_id)
@@ -103,13 +110,10 @@ class _IsDistinctFrom(Func):
     output_field = BooleanField()
 
 
-def _opted_out(snapshot: str, channel: str | None = None) -> KeyTransform:
-    opted_out = KeyTransform("opted_out", snapshot)
-    return opted_out if channel is None else KeyTransform(channel, opted_out)
-
-
-def _flag(value: object) -> str:
-    return "TRUE" if value else "FALSE"
+class _UtcIso(Func):
+    # Formatted by PostgreSQL (seconds, UTC, "Z"), so no datetime is built per row.
+    template = """to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+    output_field = CharField()
 
 
 def change_rows(after_id: int, up_to_id: int) -> Iterator[list[str]]:
@@ -119,47 +123,51 @@ def change_rows(after_id: int, up_to_id: int) -> Iterator[list[str]]:
     always gives the same rows.
     """
     yield list(HEADER)
+    channels = list(CHANNEL_SALESFORCE_FIELDS.items())
+    # The flags are read as JSON text ('true' / 'false' / NULL): decoding the snapshots in
+    # Python would cost more than the rest of the row.
+    flags: dict[str, KeyTextTransform] = {}
     changed = Q()
-    for channel in CHANNEL_SALESFORCE_FIELDS:
-        changed |= Q(_IsDistinctFrom(_opted_out("before", channel), _opted_out("after", channel)))
+    for index, (channel, _) in enumerate(channels):
+        old = flags[f"old_{index}"] = KT(f"before__opted_out__{channel}")
+        new = flags[f"new_{index}"] = KT(f"after__opted_out__{channel}")
+        changed |= Q(_IsDistinctFrom(old, new))
     entries = (
         AuditEntry.objects.filter(id__gt=after_id, id__lte=up_to_id, contact__isnull=False)
         .filter(changed)
+        .annotate(changed_at=_UtcIso("created_at"), **flags)
         .order_by("id")
         .values_list(
             "id",
-            "created_at",
-            "actor_label",
-            "source",
             "contact__ascend_id",
             "contact__salesforce_id",
-            _opted_out("before"),
-            _opted_out("after"),
+            "changed_at",
+            "actor_label",
+            "source",
+            *flags,
         )
     )
     # A server-side cursor: a window may hold a million entries.
     for (
         entry_id,
-        created_at,
-        actor_label,
-        source,
         ascend_id,
         salesforce_id,
-        old,
-        new,
+        changed_at,
+        actor_label,
+        source,
+        *values,
     ) in entries.iterator(chunk_size=_CHUNK):
-        old, new = old or {}, new or {}
-        changed_at = created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for channel, salesforce_field in CHANNEL_SALESFORCE_FIELDS.items():
+        for index, (_, salesforce_field) in enumerate(channels):
             # A channel missing from a snapshot predates it: the contact was not opted out.
-            was, now = bool(old.get(channel, False)), bool(new.get(channel, False))
+            was = values[2 * index] == "true"
+            now = values[2 * index + 1] == "true"
             if was != now:
                 yield [
                     ascend_id,
                     salesforce_id,
                     salesforce_field,
-                    _flag(was),
-                    _flag(now),
+                    "TRUE" if was else "FALSE",
+                    "TRUE" if now else "FALSE",
                     changed_at,
                     actor_label,
                     source,
@@ -295,7 +303,7 @@ class SftpDestination:
 
     def describe(self, filename: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        path = posixpath.join(self.directory, filename)
+        path = posixpath.normpath(posixpath.join(self.directory, filename))
         return f"sftp://{self.username}@{host}:{self.port}{'' if path[0] == '/' else '/~/'}{path}"
 
     def deliver(self, staged: Path) -> None:
@@ -372,7 +380,7 @@ def _host_keys(value: str) -> tuple[Any, ...]:
     return tuple(keys)
 
 
-def destination() -> DirectoryDestination | SftpDestination:
+def destination() -> Destination:
     """Where files go, from ``ASCEND_DESTINATION``: a directory, or an sftp:// URL."""
     value = str(getattr(settings, "ASCEND_DESTINATION", "")).strip()
     if not value:
@@ -497,6 +505,7 @@ def export(*, rerun: AscendRun | None = None) -> AscendRun:
                     "error",
                 ]
             )
+            _mark_contacts_sent(run)
             AuditEntry.objects.create(
                 actor=None,
                 actor_label=ACTOR_LABEL,
@@ -536,3 +545,27 @@ def describe_run(run: AscendRun) -> str:
         f"Ascend run {run.pk}: window ({run.after_id}, {run.up_to_id}], {run.rows} rows, "
         f"{run.filename or 'no file'}, sha256 {run.checksum or '-'}, {state}{error}"
     )
+
+
+def _mark_contacts_sent(run: AscendRun) -> None:
+    """Ascend now has every change of the window: move each contact's Ascend mark up to the
+    newest version the window holds (category-only changes have nothing for Ascend)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE preferences_contactsync AS sync
+               SET synced_version = GREATEST(sync.synced_version, window_.version),
+                   status = CASE
+                       WHEN GREATEST(sync.synced_version, window_.version) >= contact.version
+                       THEN %s ELSE sync.status END,
+                   synced_at = now(),
+                   updated_at = now()
+              FROM (SELECT contact_id, MAX(contact_version) AS version
+                      FROM audit_auditentry
+                     WHERE id > %s AND id <= %s AND contact_version IS NOT NULL
+                     GROUP BY contact_id) AS window_
+              JOIN preferences_contact AS contact ON contact.id = window_.contact_id
+             WHERE sync.contact_id = window_.contact_id AND sync.target = %s
+            """,
+            [SyncStatus.SYNCED, run.after_id, run.up_to_id, SyncTarget.ASCEND],
+        )
