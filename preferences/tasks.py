@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from preferences import sync
+from preferences import ascend, sync
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,5 @@ def pull_from_salesforce() -> int:
 
 @shared_task(acks_late=True, ignore_result=True)
 def ascend_nightly() -> str:
-    from preferences import ascend
-
     run = ascend.export()
     return str(run)
