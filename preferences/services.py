@@ -22,6 +22,7 @@ from preferences.models import (
     Channel,
     ChannelPreference,
     Consent,
+    ConsentMethod,
     Contact,
     ContactSync,
     EmailCategory,
@@ -100,7 +101,9 @@ def _channel_names(channels: Iterable[str]) -> str:
     return " and ".join(Channel(channel).label.lower() for channel in channels)
 
 
-def _check_consent(re_enrolled: list[str], consent: ConsentEvidence | None, now: datetime) -> None:
+def _check_consent(
+    contact: Contact, re_enrolled: list[str], consent: ConsentEvidence | None, now: datetime
+) -> None:
     if not re_enrolled:
         return
     what = _channel_names(re_enrolled)
@@ -109,8 +112,21 @@ def _check_consent(re_enrolled: list[str], consent: ConsentEvidence | None, now:
             f"Opting the contact back in to {what} is a re-enrolment: record how and when "
             "the contact asked, and confirm that they consented."
         )
+    if consent.method not in ConsentMethod.values:
+        raise ConsentRequired("Say how the contact asked to be opted back in.")
     if consent.obtained_at > now:
         raise ConsentRequired("The consent date is in the future.")
+    # Consent given before the opt-out does not outlive it: the later opt-out stands. The
+    # form records minutes, so the opt-out's own minute still counts as after.
+    for channel, since in ChannelPreference.objects.filter(
+        contact=contact, channel__in=re_enrolled
+    ).values_list("channel", "changed_at"):
+        if consent.obtained_at < since.replace(second=0, microsecond=0):
+            raise ConsentRequired(
+                f"The contact opted out of {Channel(channel).label.lower()} on "
+                f"{timezone.localtime(since):%d %b %Y, %H:%M}, after the consent you recorded: "
+                "the later opt-out stands. Record the consent they gave since."
+            )
 
 
 def apply_change(
@@ -136,6 +152,8 @@ def apply_change(
     note = note.strip()
     if not note:
         raise ChangeRefused("Write a note: every change needs one.")
+    if "\x00" in note:  # PostgreSQL text cannot hold NUL; webhooks may send anything
+        raise ChangeRefused("The note contains a character that cannot be stored (NUL).")
     opt_out = dict(opt_out or {})
     unknown = set(opt_out) - set(Channel.values)
     if unknown:
@@ -169,7 +187,7 @@ def apply_change(
         opted_out_now = [
             c for c in Channel.values if after_opted_out[c] and not before.opted_out[c]
         ]
-        _check_consent(re_enrolled, consent, now)
+        _check_consent(locked, re_enrolled, consent, now)
 
         after_categories = before.categories if wanted_categories is None else wanted_categories
         known = dict(EmailCategory.objects.values_list("key", "is_active"))

@@ -235,3 +235,45 @@ def test_a_change_from_another_system_is_recorded_with_its_source(contact):
     assert entry.actor_label == "Email platform"
     pref = ChannelPreference.objects.get(contact=contact, channel="email")
     assert pref.changed_by_label == "Email platform"
+
+
+def test_consent_given_before_the_opt_out_does_not_reenrol(contact, specialist):
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
+    with pytest.raises(ChangeRefused, match="the later opt-out stands"):
+        apply_change(
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Back in.",
+            opt_out={"email": False},
+            consent=factories.consent(obtained_at=timezone.now() - timedelta(days=30)),
+        )
+    assert current_state(contact).opted_out["email"] is True
+
+
+def test_consent_without_a_known_method_is_refused(contact, specialist):
+    apply_change(
+        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
+    )
+    with pytest.raises(ChangeRefused, match="how the contact asked"):
+        apply_change(
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Back in.",
+            opt_out={"email": False},
+            consent=factories.consent(method="carrier_pigeon"),
+        )
+
+
+def test_a_note_with_a_nul_character_is_refused_not_crashed(contact, specialist):
+    with pytest.raises(ChangeRefused, match="cannot be stored"):
+        apply_change(
+            contact=contact,
+            actor=specialist,
+            source="staff",
+            note="Stop\x00",
+            opt_out={"email": True},
+        )
