@@ -19,6 +19,7 @@ from preferences.models import (
     EmailCategory,
     Escalation,
     Source,
+    Subscription,
     SyncStatus,
     SyncTarget,
 )
@@ -118,7 +119,7 @@ def _render_contact(
 def _contact(pk: int) -> Contact:
     queryset = Contact.objects.prefetch_related(
         Prefetch("channel_preferences", ChannelPreference.objects.select_related("changed_by")),
-        "subscriptions__category",
+        Prefetch("subscriptions", Subscription.objects.select_related("category")),
         "syncs",
         "escalations",
     )

@@ -144,6 +144,7 @@ class Seeder:
         if rng.random() < 0.02:
             events.append(("bounce", "", "Hard bounce reported by the email platform.", None))
 
+        latest: dict[str, tuple[Any, ...]] = {}
         for action, channel, note, wanted in events:
             before = _snapshot(opted_out, categories, bounced)
             if action == "opt_out":
@@ -203,19 +204,14 @@ class Seeder:
             )
             audit_id += 1
             if channel:
-                self.preferences.append(
-                    (pk, channel, opted_out[channel], moment, actor_id, source, note)
-                )
-        # The last row per (contact, channel) wins: keep one.
-        seen: dict[tuple[int, str], tuple[Any, ...]] = {}
-        for row in self.preferences:
-            seen[(row[0], row[1])] = row
-        self.preferences = list(seen.values())
+                # The contact's last change per channel is the row the banner shows.
+                latest[channel] = (pk, channel, opted_out[channel], moment, actor_id, source, note)
+        self.preferences.extend(latest.values())
         for key in sorted(categories):
             self.subscriptions.append((pk, self.category_ids[key], created))
         if version:
             for target in ("salesforce", "ascend"):
-                self.syncs.append((pk, target, version, "synced", "", moment, moment))
+                self.syncs.append((pk, target, version, "synced", "", 0, moment, moment))
         country = rng.choice(COUNTRIES)
         row = (
             pk,
@@ -324,7 +320,7 @@ class Command(BaseCommand):
                 _copy(
                     cursor,
                     "preferences_contactsync",
-                    "contact_id, target, synced_version, status, last_error, updated_at, synced_at",
+                    "contact_id, target, synced_version, status, last_error, attempts, updated_at, synced_at",
                     seeder.syncs,
                 )
             done += size
