@@ -214,7 +214,8 @@ ASCEND_STAGING_DIR = envstr("ASCEND_STAGING_DIR", str(BASE_DIR / ".data" / "asce
 # A broker outage must not hold a request: publishing fails fast, the sweeper catches up.
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+# max_retries 0: kombu's own reconnect loop would otherwise hold a request for seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600, "max_retries": 0}
 CELERY_BEAT_SCHEDULE = {
     "sweep-sync": {"task": "preferences.tasks.sweep", "schedule": float(SYNC_SWEEP_SECONDS)},
     "pull-salesforce": {

@@ -261,6 +261,9 @@ def note_task(
 class _Session:
     access_token: str = field(repr=False)
     instance_url: str
+    # The run-as user, from the identity URL (".../id/<org id>/<user id>"): what the app
+    # itself wrote carries it as LastModifiedById.
+    user_id: str = ""
 
 
 # One token per process and credentials: Salesforce rate-limits logins, and every task run
@@ -310,6 +313,7 @@ class SalesforceClient:
         self._http.hooks["response"].append(self._remember_usage)
         self._api: Salesforce | None = None
         self._usage: tuple[int, int] | None = None
+        self.user_id = ""  # known once connected
 
     def __enter__(self) -> SalesforceClient:
         return self
@@ -336,6 +340,7 @@ class SalesforceClient:
             session = self._login()
             with _sessions_lock:
                 _sessions[key] = session
+        self.user_id = session.user_id
         self._api = Salesforce(
             instance_url=session.instance_url,
             session_id=session.access_token,
@@ -372,7 +377,9 @@ class SalesforceClient:
         if urlsplit(instance_url).scheme != "https":
             raise PermanentError("INVALID_RESPONSE", f"instance_url is not https: {instance_url}")
         logger.info("Signed in to Salesforce (%s) at %s", config.auth, instance_url)
-        return _Session(token, instance_url)
+        identity = body.get("id")
+        user_id = identity.rstrip("/").rsplit("/", 1)[-1] if isinstance(identity, str) else ""
+        return _Session(token, instance_url, user_id)
 
     def _token_form(self) -> dict[str, str]:
         config = self.config

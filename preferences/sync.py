@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Q, Subquery, Value, When
+from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Greatest
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils import timezone
@@ -178,27 +178,38 @@ def _task_description(entry: AuditEntry, names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _record_success(row: ContactSync, token: uuid.UUID, version: int, now: datetime) -> None:
-    current = Subquery(Contact.objects.filter(pk=row.contact_id).values("version")[:1])
-    ContactSync.objects.filter(pk=row.pk, claim=token).update(
-        synced_version=Greatest("synced_version", Value(version)),
-        # Synced only if no change arrived since the push was built.
-        status=Case(
-            When(GreaterThanOrEqual(Value(version), current), then=Value(SyncStatus.SYNCED)),
-            default=Value(SyncStatus.PENDING),
-        ),
-        synced_at=now,
-        last_error="",
-        attempts=0,
-        next_attempt_at=None,
-        claim=None,
-        claimed_until=None,
-        updated_at=now,
-    )
+def _record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now: datetime) -> None:
+    """Mark pushed rows, one UPDATE per pushed version, in one transaction."""
+    by_version: dict[int, list[int]] = {}
+    for row, version in rows:
+        by_version.setdefault(version, []).append(row.pk)
+    with transaction.atomic():
+        for version, ids in by_version.items():
+            current = Subquery(
+                Contact.objects.filter(pk=OuterRef("contact_id")).values("version")[:1]
+            )
+            ContactSync.objects.filter(pk__in=ids, claim=token).update(
+                synced_version=Greatest("synced_version", Value(version)),
+                # Synced only if no change arrived since the push was built.
+                status=Case(
+                    When(
+                        GreaterThanOrEqual(Value(version), current), then=Value(SyncStatus.SYNCED)
+                    ),
+                    default=Value(SyncStatus.PENDING),
+                ),
+                synced_at=now,
+                last_error="",
+                attempts=0,
+                next_attempt_at=None,
+                claim=None,
+                claimed_until=None,
+                updated_at=now,
+            )
 
 
-def _record_transient(row: ContactSync, token: uuid.UUID, error: str, now: datetime) -> datetime:
-    retry_at = now + timedelta(seconds=retry_delay(row.attempts + 1))
+def _record_transient(
+    row: ContactSync, token: uuid.UUID, error: str, now: datetime, retry_at: datetime
+) -> None:
     ContactSync.objects.filter(pk=row.pk, claim=token).update(
         attempts=F("attempts") + 1,
         next_attempt_at=retry_at,
@@ -207,7 +218,6 @@ def _record_transient(row: ContactSync, token: uuid.UUID, error: str, now: datet
         claimed_until=None,
         updated_at=now,
     )
-    return retry_at
 
 
 def _record_permanent(row: ContactSync, token: uuid.UUID, error: str, now: datetime) -> None:
@@ -240,6 +250,8 @@ def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
     if not rows:
         return outcome
     pushes, versions = _build_pushes(rows)
+    # One retry time for the whole batch: per-row jitter would split it into many calls.
+    delay = timedelta(seconds=retry_delay(max(row.attempts for row in rows) + 1))
     results: list[PushResult] | None = None
     try:
         with SalesforceClient() as client:
@@ -247,29 +259,33 @@ def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
     except SalesforceError as error:
         message = f"{error.code}: {error}"
         done = timezone.now()
+        retry_at = done + delay
         for row in rows:
             if isinstance(error, PermanentError):
                 _record_permanent(row, token, message, done)
                 outcome.failed += 1
             else:
-                retry_at = _record_transient(row, token, message, done)
+                _record_transient(row, token, message, done, retry_at)
                 outcome.retry += 1
-                outcome.next_attempt_at = min(filter(None, [outcome.next_attempt_at, retry_at]))
+                outcome.next_attempt_at = retry_at
         logger.warning("Salesforce push of %d contacts failed: %s", len(rows), message)
         return outcome
 
     done = timezone.now()
+    retry_at = done + delay
+    succeeded = []
     for row, result in zip(rows, results, strict=True):
         if result.ok:
-            _record_success(row, token, versions[row.contact_id], done)
-            outcome.synced += 1
+            succeeded.append((row, versions[row.contact_id]))
         elif result.status == "transient":
-            retry_at = _record_transient(row, token, f"{result.code}: {result.message}", done)
+            _record_transient(row, token, f"{result.code}: {result.message}", done, retry_at)
             outcome.retry += 1
-            outcome.next_attempt_at = min(filter(None, [outcome.next_attempt_at, retry_at]))
+            outcome.next_attempt_at = retry_at
         else:
             _record_permanent(row, token, f"{result.code}: {result.message}", done)
             outcome.failed += 1
+    _record_successes(succeeded, token, done)
+    outcome.synced = len(succeeded)
     return outcome
 
 
@@ -332,8 +348,14 @@ def _newer_consented_reenrolment(contact: Contact, channel: str, remote_stamp: d
     ).exists()
 
 
-def apply_inbound(record: dict[str, Any], category_fields: dict[str, str]) -> str:
+def apply_inbound(
+    record: dict[str, Any], category_fields: dict[str, str], own_user_id: str = ""
+) -> str:
     """Apply one Salesforce contact's values; returns what was done (for the log)."""
+    if own_user_id and record.get("LastModifiedById") == own_user_id:
+        # Our own write read back: possibly an older version than ours now, which the
+        # pending push will correct. Applying it would undo a newer local change.
+        return "own write"
     contact = Contact.objects.filter(salesforce_id=record["Id"]).first()
     if contact is None:
         return "unknown contact"
@@ -415,7 +437,7 @@ def pull_from_salesforce() -> int:
     latest = watermark.value
     with SalesforceClient() as client:
         for record in client.changed_contacts(watermark.value, until, fields):
-            apply_inbound(record, category_fields)
+            apply_inbound(record, category_fields, client.user_id)
             latest = max(latest, record["SystemModstamp"])
             seen += 1
     SyncWatermark.objects.filter(pk=watermark.pk).update(value=max(latest, until))

@@ -8,6 +8,10 @@ os.environ.setdefault("SECURE_COOKIES", "false")
 
 from config.settings import *  # noqa: F403
 
+# Tests that commit changes enqueue pushes: keep them off any shared Redis. The tests that
+# need a real broker (tests/reliability) start their own Redis and point Celery at it.
+CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL", "memory://")
+
 # Hashing cost is not what these tests measure.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
