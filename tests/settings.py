@@ -10,6 +10,9 @@ from config.settings import *  # noqa: F403
 
 # Tests that commit changes enqueue pushes: keep them off any shared Redis. The tests that
 # need a real broker (tests/reliability) start their own Redis and point Celery at it.
+# Celery lets a CELERY_BROKER_URL environment variable win over settings and over later
+# assignments to app.conf, so it is dropped here for the test process itself.
+os.environ.pop("CELERY_BROKER_URL", None)
 CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL", "memory://")
 
 # Hashing cost is not what these tests measure.

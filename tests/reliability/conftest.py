@@ -399,7 +399,7 @@ class CeleryProcesses:
         inherited = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("CELERY_", "SALESFORCE_", "SYNC_", "ASCEND_"))
+            if not key.startswith(("CELERY_", "TEST_CELERY_", "SALESFORCE_", "SYNC_", "ASCEND_"))
         }
         env = {
             **inherited,
@@ -409,6 +409,8 @@ class CeleryProcesses:
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": _database_url(),
             "CELERY_BROKER_URL": self.redis.url,
+            # tests.settings drops CELERY_BROKER_URL from the environment and reads this one.
+            "TEST_CELERY_BROKER_URL": self.redis.url,
             "SECRET_KEY": "reliability-tests-only-secret-key",
             "DEBUG": "false",
             "LOG_LEVEL": "INFO",
