@@ -286,18 +286,36 @@ def apply_change(
 
 
 def _mark_targets(contact: Contact, *, already_in: set[str], now: datetime) -> None:
-    """The outbound sync records: every target is now behind, except those that told us."""
-    for target in SyncTarget.values:
-        if target in already_in:
-            values = {
-                "synced_version": contact.version,
-                "status": SyncStatus.SYNCED,
-                "synced_at": now,
-                "last_error": "",
-            }
-        else:
-            values = {"status": SyncStatus.PENDING}
-        ContactSync.objects.update_or_create(contact=contact, target=target, defaults=values)
+    """The outbound sync records: every target is now behind, except those that told us.
+
+    One upsert per group: this runs in every change, and a bulk job makes thousands.
+    """
+    behind = [t for t in SyncTarget.values if t not in already_in]
+    told_us = [t for t in SyncTarget.values if t in already_in]
+    if behind:
+        ContactSync.objects.bulk_create(
+            [ContactSync(contact=contact, target=t, status=SyncStatus.PENDING) for t in behind],
+            update_conflicts=True,
+            unique_fields=["contact", "target"],
+            update_fields=["status", "updated_at"],
+        )
+    if told_us:
+        ContactSync.objects.bulk_create(
+            [
+                ContactSync(
+                    contact=contact,
+                    target=t,
+                    synced_version=contact.version,
+                    status=SyncStatus.SYNCED,
+                    synced_at=now,
+                    last_error="",
+                )
+                for t in told_us
+            ],
+            update_conflicts=True,
+            unique_fields=["contact", "target"],
+            update_fields=["synced_version", "status", "synced_at", "last_error", "updated_at"],
+        )
 
 
 def enqueue_push() -> None:
