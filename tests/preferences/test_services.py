@@ -19,6 +19,12 @@ def _subscribe(contact, user, keys):
     )
 
 
+def _opt_out(contact, user, channel="email"):
+    return apply_change(
+        contact=contact, actor=user, source="staff", note="Stop.", opt_out={channel: True}
+    )
+
+
 def test_opting_out_of_email_turns_every_category_off(contact, specialist):
     _subscribe(contact, specialist, {"newsletter", "events", "giving"})
 
@@ -40,9 +46,7 @@ def test_opting_out_of_email_turns_every_category_off(contact, specialist):
 
 
 def test_reenrolment_without_consent_is_refused(contact, specialist):
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
     version = contact.version
 
     with pytest.raises(ChangeRefused, match="re-enrolment"):
@@ -78,9 +82,7 @@ def test_reenrolment_with_unattested_consent_is_refused(contact, specialist):
 
 
 def test_consent_dated_in_the_future_is_refused(contact, specialist):
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
 
     with pytest.raises(ChangeRefused, match="future"):
         apply_change(
@@ -95,9 +97,7 @@ def test_consent_dated_in_the_future_is_refused(contact, specialist):
 
 def test_reenrolment_with_consent_records_the_evidence(contact, specialist):
     _subscribe(contact, specialist, {"newsletter"})
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
 
     entry = apply_change(
         contact=contact,
@@ -149,9 +149,7 @@ def test_a_stale_version_is_refused(contact, specialist, manager):
 
 
 def test_categories_cannot_be_ticked_while_opted_out_of_email(contact, specialist):
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
 
     with pytest.raises(ChangeRefused, match="opted out of email"):
         _subscribe(contact, specialist, {"events"})
@@ -238,9 +236,7 @@ def test_a_change_from_another_system_is_recorded_with_its_source(contact):
 
 
 def test_consent_given_before_the_opt_out_does_not_reenrol(contact, specialist):
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
     with pytest.raises(ChangeRefused, match="the later opt-out stands"):
         apply_change(
             contact=contact,
@@ -254,9 +250,7 @@ def test_consent_given_before_the_opt_out_does_not_reenrol(contact, specialist):
 
 
 def test_consent_without_a_known_method_is_refused(contact, specialist):
-    apply_change(
-        contact=contact, actor=specialist, source="staff", note="Stop.", opt_out={"email": True}
-    )
+    _opt_out(contact, specialist)
     with pytest.raises(ChangeRefused, match="how the contact asked"):
         apply_change(
             contact=contact,
