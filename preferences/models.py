@@ -297,6 +297,9 @@ class Escalation(models.Model):
 class SyncTarget(models.TextChoices):
     SALESFORCE = "salesforce", "Salesforce"
     ASCEND = "ascend", "Ascend"
+    # Marketing Cloud is "synced" once every email re-enrolment up to the contact's version
+    # has had its subscriber status looked up (and a re-subscribe request opened if needed).
+    MARKETING_CLOUD = "marketing_cloud", "Marketing Cloud"
 
 
 class SyncStatus(models.TextChoices):
@@ -379,3 +382,209 @@ class AscendRun(models.Model):
 
     def __str__(self) -> str:
         return f"Ascend run ({self.after_id}, {self.up_to_id}]"
+
+
+class BulkRunState(models.TextChoices):
+    DRAFT = "draft", "Draft"  # criteria chosen, preview shown, not confirmed
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELLED = "cancelled", "Cancelled"
+    DONE = "done", "Done"
+
+
+class BulkRun(models.Model):
+    """A manager's bulk opt-out (rule 11): contacts chosen by filter or upload, one note.
+
+    On confirmation the matching contacts are fixed as BulkItems; a worker applies them one
+    by one through apply_change, marking each item in the same transaction as its change, so
+    a crash and a restart never apply a contact twice.
+    """
+
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    # What selected the contacts: {"country": ..., "category": ..., "opted_out": ...} or
+    # {"upload": filename}; shown with the run.
+    criteria = models.JSONField(default=dict, blank=True)
+    # Upload rows that could not be used: [{"row": n, "value": ..., "reason": ...}].
+    problems = models.JSONField(default=list, blank=True)
+    note = models.TextField(blank=True)
+    state = models.CharField(
+        max_length=10, choices=BulkRunState.choices, default=BulkRunState.DRAFT
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # The worker holds the run while claimed_until is in the future; a run whose worker
+    # died is taken again once the lease runs out.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Bulk run {self.pk} ({self.get_state_display()})"
+
+
+class BulkItemState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPLIED = "applied", "Applied"
+    SKIPPED = "skipped", "Skipped"  # nothing to change, or refused by a rule
+
+
+class BulkItem(models.Model):
+    run = models.ForeignKey(BulkRun, on_delete=models.PROTECT, related_name="items")
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(
+        max_length=10, choices=BulkItemState.choices, default=BulkItemState.PENDING
+    )
+    detail = models.TextField(blank=True)
+    audit_entry = models.OneToOneField(
+        "audit.AuditEntry", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "contact"], name="one_item_per_contact")
+        ]
+        indexes = [
+            models.Index(
+                fields=["run", "id"],
+                condition=Q(state="pending"),
+                name="bulk_items_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run}: {self.contact_id} {self.state}"
+
+
+class BusinessUnit(models.Model):
+    """A Marketing Cloud business unit a contact may receive mail from (data, in the admin).
+
+    The parent account and its children each keep their own subscriber status.
+    """
+
+    mid = models.CharField("MID (Client ID)", max_length=20, unique=True)
+    name = models.CharField(max_length=100)
+    is_parent = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SubscriberStatusValue(models.TextChoices):
+    # The "shirt" colours staff know from Marketing Cloud's subscriber screen (rule 8).
+    ACTIVE = "active", "Active (green)"
+    BOUNCED = "bounced", "Bounced (yellow)"
+    HELD = "held", "Held (gray)"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed (red)"
+    NOT_FOUND = "not_found", "Not found"
+
+
+# Statuses that need the system team to resubscribe the contact (rule 8).
+NEEDS_RESUBSCRIBE = [
+    SubscriberStatusValue.BOUNCED,
+    SubscriberStatusValue.HELD,
+    SubscriberStatusValue.UNSUBSCRIBED,
+]
+
+
+class SubscriberStatus(models.Model):
+    """The last status read from Marketing Cloud for a contact in one business unit."""
+
+    contact = models.ForeignKey(
+        Contact, on_delete=models.PROTECT, related_name="subscriber_statuses"
+    )
+    business_unit = models.ForeignKey(BusinessUnit, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=16, choices=SubscriberStatusValue.choices)
+    read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contact", "business_unit"], name="one_status_per_business_unit"
+            )
+        ]
+        verbose_name_plural = "subscriber statuses"
+
+    def __str__(self) -> str:
+        return f"{self.contact} in {self.business_unit}: {self.get_status_display()}"
+
+
+class ResubscribeState(models.TextChoices):
+    OPEN = "open", "Open"
+    IN_PROGRESS = "in_progress", "In progress"
+    DONE = "done", "Done"
+    REJECTED = "rejected", "Rejected"
+    # Closed without work: the contact opted out again before the request was worked.
+    CLOSED = "closed", "Closed (opted out again)"
+
+
+RESUBSCRIBE_OPEN_STATES = [ResubscribeState.OPEN, ResubscribeState.IN_PROGRESS]
+
+
+class ResubscribeRequest(models.Model):
+    """A re-enrolled contact who is not Active in a business unit (rule 8), for the queue."""
+
+    contact = models.ForeignKey(
+        Contact, on_delete=models.PROTECT, related_name="resubscribe_requests"
+    )
+    business_unit = models.ForeignKey(BusinessUnit, on_delete=models.PROTECT, related_name="+")
+    status_seen = models.CharField(max_length=16, choices=SubscriberStatusValue.choices)
+    state = models.CharField(
+        max_length=12, choices=ResubscribeState.choices, default=ResubscribeState.OPEN
+    )
+    # Who re-enrolled the contact, and the evidence.
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField()
+    re_enrolment = models.ForeignKey("audit.AuditEntry", on_delete=models.PROTECT, related_name="+")
+    consent = models.ForeignKey(
+        Consent, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    urgent = models.BooleanField(default=False)
+    urgent_reason = models.TextField(blank=True)
+    worked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    outcome = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        permissions = [("work_resubscribe_queue", "Can work the re-subscribe request queue")]
+        constraints = [
+            # A repeated lookup (retry, second worker) must not open a second request.
+            models.UniqueConstraint(
+                fields=["contact", "business_unit"],
+                condition=Q(state__in=RESUBSCRIBE_OPEN_STATES),
+                name="one_open_request_per_business_unit",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["-urgent", "requested_at"],
+                condition=Q(state__in=RESUBSCRIBE_OPEN_STATES),
+                name="resubscribe_queue",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Re-subscribe {self.contact} in {self.business_unit} ({self.get_state_display()})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in RESUBSCRIBE_OPEN_STATES
