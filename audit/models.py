@@ -92,7 +92,7 @@ class AuditEntry(models.Model):
     )
     # Derived in PostgreSQL from the action, so no writer can forget it (or COPY past it).
     risky = models.GeneratedField(
-        expression=Q(action__in=RISKY_ACTIONS),
+        expression=Q(action__in=RISKY_ACTIONS),  # type: ignore[arg-type]
         output_field=models.BooleanField(),
         db_persist=True,
     )
