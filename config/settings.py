@@ -76,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "audit.context_processors.review_queue",
             ],
         },
     },
@@ -160,6 +161,8 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "preference-desk@localhost")
+# The system eComm team's address: told when a specialist marks a re-subscribe request urgent.
+RESUBSCRIBE_NOTIFY_EMAIL = envstr("RESUBSCRIBE_NOTIFY_EMAIL", "ecomm-system-team@localhost")
 
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True
@@ -194,6 +197,19 @@ SALESFORCE_TIMEOUT = envint("SALESFORCE_TIMEOUT", 30)
 SALESFORCE_CONNECT_TIMEOUT = envint("SALESFORCE_CONNECT_TIMEOUT", 10)
 SALESFORCE_TASK_EXTERNAL_ID = envstr("SALESFORCE_TASK_EXTERNAL_ID", "Preference_Change_Id__c")
 SALESFORCE_ENABLED = envbool("SALESFORCE_ENABLED", bool(SALESFORCE_CLIENT_ID))
+# Marketing Cloud (preferences/marketing_cloud.py): subscriber status per business unit, read
+# and reset through the SOAP API. The stand-in (standins/marketing_cloud.py) is reached the
+# same way. The auth URL is the tenant's https://<subdomain>.auth.marketingcloudapis.com.
+MARKETING_CLOUD_AUTH_URL = envstr("MARKETING_CLOUD_AUTH_URL", "")
+MARKETING_CLOUD_CLIENT_ID = envstr("MARKETING_CLOUD_CLIENT_ID", "")
+MARKETING_CLOUD_CLIENT_SECRET = envstr("MARKETING_CLOUD_CLIENT_SECRET", "")
+MARKETING_CLOUD_ACCOUNT_ID = envstr("MARKETING_CLOUD_ACCOUNT_ID", "")  # the parent's MID
+MARKETING_CLOUD_CA_BUNDLE = envstr("MARKETING_CLOUD_CA_BUNDLE", "")
+MARKETING_CLOUD_TIMEOUT = envint("MARKETING_CLOUD_TIMEOUT", 30)
+MARKETING_CLOUD_CONNECT_TIMEOUT = envint("MARKETING_CLOUD_CONNECT_TIMEOUT", 10)
+MARKETING_CLOUD_ENABLED = envbool("MARKETING_CLOUD_ENABLED", bool(MARKETING_CLOUD_CLIENT_ID))
+# The contact page's Refresh reads while the specialist waits: a shorter read timeout there.
+MARKETING_CLOUD_REFRESH_TIMEOUT = envint("MARKETING_CLOUD_REFRESH_TIMEOUT", 5)
 
 SYNC_PUSH_DELAY_SECONDS = envint("SYNC_PUSH_DELAY_SECONDS", 2)  # lets a burst share one call
 SYNC_CLAIM_LEASE_SECONDS = envint("SYNC_CLAIM_LEASE_SECONDS", 300)
@@ -202,6 +218,11 @@ SYNC_RETRY_MAX_SECONDS = envint("SYNC_RETRY_MAX_SECONDS", 30 * 60)
 SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
 SYNC_PULL_SECONDS = envint("SYNC_PULL_SECONDS", 120)
 SYNC_PULL_LAG_SECONDS = envint("SYNC_PULL_LAG_SECONDS", 5)  # writes commit after their stamp
+
+# Bulk changes (preferences/bulk.py): a worker holds a run for BULK_LEASE_SECONDS, renewed as
+# it works; a run whose worker died is queued again once its lease has run out.
+BULK_LEASE_SECONDS = envint("BULK_LEASE_SECONDS", 60)
+BULK_RESUME_SECONDS = envint("BULK_RESUME_SECONDS", 60)
 
 # Ascend's nightly change file: a directory, or sftp://user@host:port/dir.
 ASCEND_DESTINATION = envstr("ASCEND_DESTINATION", str(BASE_DIR / ".data" / "ascend"))
@@ -221,6 +242,10 @@ CELERY_BEAT_SCHEDULE = {
     "pull-salesforce": {
         "task": "preferences.tasks.pull_from_salesforce",
         "schedule": float(SYNC_PULL_SECONDS),
+    },
+    "resume-bulk-runs": {
+        "task": "preferences.tasks.resume_bulk_runs",
+        "schedule": float(BULK_RESUME_SECONDS),
     },
     "ascend-nightly": {
         "task": "preferences.tasks.ascend_nightly",
