@@ -22,6 +22,9 @@ class AuditAction(models.TextChoices):
     SYNC_RETRY = "sync_retry", "Sync retry"
     ASCEND_FILE = "ascend_file", "Ascend change file"
     BULK = "bulk", "Bulk change"
+    # The run's later milestones; only the confirmation (BULK) asks for a manager's review.
+    BULK_CANCELLED = "bulk_cancelled", "Bulk change cancelled"
+    BULK_FINISHED = "bulk_finished", "Bulk change finished"
     REVIEW = "review", "Review"
     RESUBSCRIBE_REQUEST = "resubscribe_request", "Re-subscribe request"
     RESUBSCRIBE = "resubscribe", "Resubscribed in Marketing Cloud"
