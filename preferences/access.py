@@ -7,7 +7,8 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
@@ -16,7 +17,8 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-View = Callable[..., HttpResponse]
+# HttpResponseBase: a streamed CSV export (StreamingHttpResponse) is a view too.
+View = Callable[..., HttpResponseBase]
 
 
 def staff_view(permission: str) -> Callable[[View], View]:
@@ -24,7 +26,7 @@ def staff_view(permission: str) -> Callable[[View], View]:
 
     def decorator(view: View) -> View:
         @wraps(view)
-        def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 if request.htmx:
                     # An expired session: send the whole page, not the fragment, to sign-in.

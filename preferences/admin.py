@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from preferences.models import Contact, EmailCategory
+from preferences.models import BusinessUnit, Contact, EmailCategory
 
 
 @admin.register(EmailCategory)
@@ -31,4 +31,17 @@ class ContactAdmin(admin.ModelAdmin[Contact]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Contact | None = None) -> bool:
+        return False
+
+
+@admin.register(BusinessUnit)
+class BusinessUnitAdmin(admin.ModelAdmin[BusinessUnit]):
+    """The Marketing Cloud business units a re-enrolled contact is looked up in."""
+
+    list_display = ["name", "mid", "is_parent", "position", "is_active"]
+    list_editable = ["position", "is_active"]
+    ordering = ["position", "name"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: BusinessUnit | None = None) -> bool:
+        # Statuses and requests refer to business units: deactivate one instead.
         return False

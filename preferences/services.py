@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
 from preferences.models import (
+    BulkRun,
     Channel,
     ChannelPreference,
     Consent,
@@ -141,13 +142,14 @@ def apply_change(
     consent: ConsentEvidence | None = None,
     expected_version: int | None = None,
     already_in: Iterable[str] = (),
+    bulk_run: BulkRun | None = None,
 ) -> AuditEntry:
     """Apply one preference change and return its audit entry, or raise ChangeRefused.
 
     opt_out maps a channel to its wanted opt-out; categories is the full set of category
     keys the contact should receive; what is left as None stays as it is. already_in names
     sync targets that hold the new state already (a change read from Salesforce), so it is
-    not sent back to them.
+    not sent back to them. bulk_run links the entry to the bulk change that made it.
     """
     note = note.strip()
     if not note:
@@ -277,9 +279,16 @@ def apply_change(
             after=after.as_json(),
             note=note,
             consent=consent_row,
+            bulk_run=bulk_run,
         )
         _mark_targets(locked, already_in=set(already_in), now=now)
-        transaction.on_commit(enqueue_push)
+        from preferences.resubscribe import after_change  # it imports this module
+
+        # A bulk run queues its pushes once per chunk instead: a message per contact would
+        # flood the queue (and spend Salesforce calls) ahead of the run's own work.
+        after_change(contact=locked, entry=entry, queue_check=bulk_run is None)
+        if bulk_run is None:
+            transaction.on_commit(enqueue_push)
     if isinstance(contact, Contact):
         contact.refresh_from_db()
     return entry

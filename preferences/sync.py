@@ -75,7 +75,7 @@ def retry_delay(attempt: int) -> float:
     return float(random.uniform(ceiling / 2, ceiling))  # noqa: S311 (not for secrets)
 
 
-def _claim(target: str, limit: int, now: datetime) -> tuple[uuid.UUID, list[ContactSync]]:
+def claim(target: str, limit: int, now: datetime) -> tuple[uuid.UUID, list[ContactSync]]:
     token = uuid.uuid4()
     with transaction.atomic():
         # SKIP LOCKED: two workers claiming at once take different rows instead of waiting.
@@ -178,12 +178,22 @@ def _task_description(entry: AuditEntry, names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now: datetime) -> None:
+def record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now: datetime) -> None:
     """Mark pushed rows, one UPDATE per pushed version, in one transaction."""
     by_version: dict[int, list[int]] = {}
     for row, version in rows:
         by_version.setdefault(version, []).append(row.pk)
+    if not rows:
+        return
     with transaction.atomic():
+        # The contacts are locked first, as apply_change locks them: a change committing while
+        # the UPDATE below waits for its sync row would otherwise be missed, because the
+        # UPDATE then re-reads that row but its subquery still sees the older version, and
+        # the contact would be marked synced without the change.
+        # In id order, so two workers (Salesforce and Marketing Cloud) never deadlock.
+        contact_ids = {row.contact_id for row, _ in rows}
+        locked = Contact.objects.select_for_update().filter(pk__in=contact_ids).order_by("pk")
+        list(locked.values_list("pk"))
         for version, ids in by_version.items():
             current = Subquery(
                 Contact.objects.filter(pk=OuterRef("contact_id")).values("version")[:1]
@@ -207,7 +217,7 @@ def _record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now
             )
 
 
-def _record_transient(
+def record_transient(
     row: ContactSync, token: uuid.UUID, error: str, now: datetime, retry_at: datetime
 ) -> None:
     ContactSync.objects.filter(pk=row.pk, claim=token).update(
@@ -220,7 +230,15 @@ def _record_transient(
     )
 
 
-def _record_permanent(row: ContactSync, token: uuid.UUID, error: str, now: datetime) -> None:
+def record_permanent(
+    row: ContactSync,
+    token: uuid.UUID,
+    error: str,
+    now: datetime,
+    *,
+    actor_label: str = SALESFORCE_ACTOR,
+    refused: str = "Salesforce refused the update",
+) -> None:
     with transaction.atomic():
         updated = ContactSync.objects.filter(pk=row.pk, claim=token).update(
             status=SyncStatus.FAILED,
@@ -233,19 +251,19 @@ def _record_permanent(row: ContactSync, token: uuid.UUID, error: str, now: datet
         if updated:
             AuditEntry.objects.create(
                 actor=None,
-                actor_label=SALESFORCE_ACTOR,
+                actor_label=actor_label,
                 source=Source.SYSTEM,
                 action=AuditAction.SYNC_FAILED,
                 contact_id=row.contact_id,
                 channels=[],
-                note=f"Salesforce refused the update: {error}",
+                note=f"{refused}: {error}",
             )
 
 
 def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
     """Claim up to `limit` contacts behind in Salesforce, push them, record each result."""
     now = timezone.now()
-    token, rows = _claim(SyncTarget.SALESFORCE, limit, now)
+    token, rows = claim(SyncTarget.SALESFORCE, limit, now)
     outcome = PushOutcome(claimed=len(rows))
     if not rows:
         return outcome
@@ -262,10 +280,10 @@ def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
         retry_at = done + delay
         for row in rows:
             if isinstance(error, PermanentError):
-                _record_permanent(row, token, message, done)
+                record_permanent(row, token, message, done)
                 outcome.failed += 1
             else:
-                _record_transient(row, token, message, done, retry_at)
+                record_transient(row, token, message, done, retry_at)
                 outcome.retry += 1
                 outcome.next_attempt_at = retry_at
         logger.warning("Salesforce push of %d contacts failed: %s", len(rows), message)
@@ -278,13 +296,13 @@ def push_salesforce_batch(limit: int = MAX_RECORDS) -> PushOutcome:
         if result.ok:
             succeeded.append((row, versions[row.contact_id]))
         elif result.status == "transient":
-            _record_transient(row, token, f"{result.code}: {result.message}", done, retry_at)
+            record_transient(row, token, f"{result.code}: {result.message}", done, retry_at)
             outcome.retry += 1
             outcome.next_attempt_at = retry_at
         else:
-            _record_permanent(row, token, f"{result.code}: {result.message}", done)
+            record_permanent(row, token, f"{result.code}: {result.message}", done)
             outcome.failed += 1
-    _record_successes(succeeded, token, done)
+    record_successes(succeeded, token, done)
     outcome.synced = len(succeeded)
     return outcome
 
@@ -319,7 +337,12 @@ def retry_failed(*, sync_id: int, actor: Any) -> ContactSync:
             channels=[],
             note=f"Retry of the {sync.get_target_display()} sync after: {previous}",
         )
-        transaction.on_commit(enqueue_push)
+        if sync.target == SyncTarget.MARKETING_CLOUD:
+            from preferences.resubscribe import enqueue_check  # it imports this module
+
+            transaction.on_commit(enqueue_check)
+        else:
+            transaction.on_commit(enqueue_push)
     return sync
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Prefetch, Q
 from django.http import HttpResponse
@@ -23,6 +24,7 @@ from preferences.models import (
     SyncStatus,
     SyncTarget,
 )
+from preferences.resubscribe_views import marketing_cloud_context
 from preferences.services import (
     ChangeRefused,
     ConsentRequired,
@@ -108,6 +110,7 @@ def _render_contact(
         "history": history,
         "suggested": _suggested_categories(history, state, categories),
         **_sync_context(contact),
+        **marketing_cloud_context(contact),
         "escalations": [e for e in contact.escalations.all() if e.is_open],
     }
     template = CONTACT_TEMPLATE
@@ -239,9 +242,15 @@ def escalation_resolve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def _sync_context(contact: Contact) -> dict[str, object]:
     syncs = {s.target: s for s in contact.syncs.all()}
     rows = [(label, syncs.get(target)) for target, label in SyncTarget.choices]
+    # Marketing Cloud checks wait while it is not configured: polling for them would not end.
+    waiting = set() if settings.MARKETING_CLOUD_ENABLED else {SyncTarget.MARKETING_CLOUD}
     return {
         "syncs": rows,
-        "sync_pending": any(s is not None and s.status == SyncStatus.PENDING for _, s in rows),
+        "sync_pending": any(
+            s is not None and s.status == SyncStatus.PENDING and s.target not in waiting
+            for _, s in rows
+        ),
+        "marketing_cloud_enabled": settings.MARKETING_CLOUD_ENABLED,
     }
 
 

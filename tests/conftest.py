@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pgtrigger
@@ -90,3 +90,23 @@ def system_client(system_user: User) -> Client:
 @pytest.fixture
 def outsider_client(outsider: User) -> Client:
     return _client_for(outsider)
+
+
+@pytest.fixture
+def marketing_cloud(settings: Any) -> Iterator[Any]:
+    """The Marketing Cloud stand-in (HTTPS), with this process's settings pointing at it."""
+    from preferences.marketing_cloud import forget_tokens
+    from standins.marketing_cloud import running_standin
+
+    forget_tokens()  # a token cached for an earlier stand-in on the same port must not leak
+    with running_standin() as server:
+        settings.MARKETING_CLOUD_ENABLED = True
+        settings.MARKETING_CLOUD_AUTH_URL = server.url
+        settings.MARKETING_CLOUD_CLIENT_ID = server.client_id
+        settings.MARKETING_CLOUD_CLIENT_SECRET = server.client_secret
+        settings.MARKETING_CLOUD_ACCOUNT_ID = server.parent_mid
+        settings.MARKETING_CLOUD_CA_BUNDLE = server.ca_path
+        settings.MARKETING_CLOUD_TIMEOUT = 5
+        settings.SYNC_RETRY_BASE_SECONDS = 1
+        yield server
+    forget_tokens()

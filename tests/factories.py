@@ -7,8 +7,14 @@ from typing import Any
 
 from django.utils import timezone
 
-from preferences.management.commands.seed_demo import CATEGORIES
-from preferences.models import Contact, EmailCategory, salesforce_id_18
+from preferences.management.commands.seed_demo import BUSINESS_UNITS, CATEGORIES
+from preferences.models import (
+    BusinessUnit,
+    Contact,
+    EmailCategory,
+    ResubscribeRequest,
+    salesforce_id_18,
+)
 from preferences.services import ConsentEvidence
 
 _numbers = itertools.count(1)
@@ -46,3 +52,43 @@ def consent(**fields: Any) -> ConsentEvidence:
     }
     values.update(fields)
     return ConsentEvidence(**values)
+
+
+def make_business_units() -> list[BusinessUnit]:
+    """The demo's parent ("University") and its two children, in that order."""
+    return [
+        BusinessUnit.objects.get_or_create(
+            mid=mid, defaults={"name": name, "is_parent": is_parent, "position": position}
+        )[0]
+        for position, (mid, name, is_parent) in enumerate(BUSINESS_UNITS)
+    ]
+
+
+def make_resubscribe_request(
+    contact: Contact, *, actor: Any, status: str = "held", business_unit: Any = None
+) -> ResubscribeRequest:
+    """An open request after a real email re-enrolment (opting the contact out first)."""
+    from django.db import transaction
+
+    from preferences.resubscribe import open_request
+    from preferences.services import apply_change, current_state
+
+    if not current_state(contact).opted_out["email"]:
+        apply_change(
+            contact=contact, actor=actor, source="staff", note="Stop.", opt_out={"email": True}
+        )
+    entry = apply_change(
+        contact=contact,
+        actor=actor,
+        source="staff",
+        note="Asked to be emailed again.",
+        opt_out={"email": False},
+        consent=consent(),
+    )
+    unit = business_unit or make_business_units()[1]
+    with transaction.atomic():
+        request = open_request(
+            contact=contact, business_unit=unit, status_seen=status, re_enrolment=entry
+        )
+    assert request is not None
+    return request

@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from preferences.management.commands.create_staff_user import create_staff_user
-from preferences.models import Channel, Contact, EmailCategory, salesforce_id_18
+from preferences.models import BusinessUnit, Channel, Contact, EmailCategory, salesforce_id_18
 
 CATEGORIES = [
     ("newsletter", "Alumni newsletter", "Newsletter__c"),
@@ -26,6 +26,12 @@ CATEGORIES = [
     ("giving", "Giving and appeals", "Giving__c"),
     ("athletics", "Athletics", "Athletics__c"),
     ("research", "Research news", "Research_News__c"),
+]
+# Marketing Cloud: the parent account and two child business units (MID, name, parent).
+BUSINESS_UNITS = [
+    ("510000001", "University", True),
+    ("510000002", "Alumni Association", False),
+    ("510000003", "Athletics", False),
 ]
 DEMO_USERS = [
     ("specialist@demo.test", "specialist"),
@@ -257,6 +263,10 @@ class Command(BaseCommand):
         for position, (key, name, field) in enumerate(CATEGORIES):
             EmailCategory.objects.get_or_create(
                 key=key, defaults={"name": name, "salesforce_field": field, "position": position}
+            )
+        for position, (mid, name, is_parent) in enumerate(BUSINESS_UNITS):
+            BusinessUnit.objects.get_or_create(
+                mid=mid, defaults={"name": name, "is_parent": is_parent, "position": position}
             )
         if options["if_empty"] and Contact.objects.exists():
             self.stdout.write("Contacts exist already; none added.")
