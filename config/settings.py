@@ -246,6 +246,8 @@ CELERY_BEAT_SCHEDULE = {
     "resume-bulk-runs": {
         "task": "preferences.tasks.resume_bulk_runs",
         "schedule": float(BULK_RESUME_SECONDS),
+        # Ticks queued while no worker was up are stale: one is enough, not a backlog.
+        "options": {"expires": float(BULK_RESUME_SECONDS)},
     },
     "ascend-nightly": {
         "task": "preferences.tasks.ascend_nightly",

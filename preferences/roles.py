@@ -15,14 +15,26 @@ _HANDLE_CONTACTS = ["preferences.view_contact", "preferences.change_preferences"
 
 ROLES: dict[str, list[str]] = {
     SPECIALIST: _HANDLE_CONTACTS,
-    MANAGER: [*_HANDLE_CONTACTS, "preferences.resolve_escalation", "audit.view_audit_log"],
+    MANAGER: [
+        *_HANDLE_CONTACTS,
+        "preferences.resolve_escalation",
+        "audit.view_audit_log",
+        "audit.review_audit_entry",
+        "audit.view_reports",
+        "audit.run_bulk_change",
+    ],
     SYSTEM_TEAM: [
         *_HANDLE_CONTACTS,
         "audit.view_audit_log",
+        "audit.view_reports",
         "preferences.manage_sync",
+        "preferences.work_resubscribe_queue",
         "preferences.view_emailcategory",
         "preferences.add_emailcategory",
         "preferences.change_emailcategory",
+        "preferences.view_businessunit",
+        "preferences.add_businessunit",
+        "preferences.change_businessunit",
     ],
 }
 

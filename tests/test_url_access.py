@@ -12,8 +12,9 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
 
-from preferences.models import ContactSync
+from preferences.models import BulkRun, ContactSync
 from preferences.services import apply_change, escalate
+from tests import factories
 
 LOGIN = "login"  # a redirect to the sign-in page
 ROLES = ("anonymous", "outsider", "specialist", "manager", "system")
@@ -66,6 +67,105 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
         "POST",
         {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 302, "system": 403},
     ),
+    # The audit log and its export: managers and the system team. The entry is the fixture's
+    # opt-out, which is not a risky action: reviewing it is refused (422), by managers only.
+    "audit:log": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "audit:export": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "audit:entry": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "audit:review": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 422, "system": 403},
+    ),
+    "audit:reports": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "audit:change_report_export": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "audit:chart_export": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    # Bulk changes: managers only. The run is a draft; an empty POST to create or confirm
+    # is refused by the form (422), cancelling discards the draft (302).
+    "preferences:bulk_runs": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 403},
+    ),
+    "preferences:bulk_new": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 403},
+    ),
+    "preferences:bulk_create": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 422, "system": 403},
+    ),
+    "preferences:bulk_run": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 403},
+    ),
+    "preferences:bulk_confirm": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 422, "system": 403},
+    ),
+    "preferences:bulk_cancel": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 302, "system": 403},
+    ),
+    # The re-subscribe queue: the system team. An empty POST to a step is refused by its
+    # form (422). Marketing Cloud is not configured in tests: refreshing says so (302 back to
+    # the contact); an empty urgent mark goes back to the contact with the error (302).
+    "preferences:resubscribe_queue": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    "preferences:resubscribe_sheet": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    "preferences:resubscribe_request": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    "preferences:resubscribe_start": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:resubscribe_done": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:resubscribe_reject": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:resubscribe_in_marketing_cloud": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:resubscribe_urgent": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 302, "manager": 302, "system": 302},
+    ),
+    "preferences:contact_marketing_cloud": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 200, "manager": 200, "system": 200},
+    ),
+    "preferences:contact_marketing_cloud_refresh": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 302, "manager": 302, "system": 302},
+    ),
 }
 OUR_APPS = ("preferences.", "audit.", "config.")
 
@@ -99,13 +199,18 @@ def test_every_url_of_ours_has_an_access_rule():
 
 @pytest.fixture
 def objects(contact, specialist):
-    apply_change(
+    opted_out = apply_change(
         contact=contact, actor=specialist, source="staff", note="x", opt_out={"email": True}
     )
     return {
         "pk": contact.pk,
+        "entry": opted_out.pk,
         "escalation": escalate(contact=contact, actor=specialist, note="?").pk,
         "sync": ContactSync.objects.filter(contact=contact).first().pk,
+        "bulk": BulkRun.objects.create(
+            channel="email", criteria={"country": "US"}, created_by=specialist
+        ).pk,
+        "resubscribe": factories.make_resubscribe_request(contact, actor=specialist).pk,
     }
 
 
@@ -125,6 +230,12 @@ def _url(name: str, objects: dict[str, int]) -> str:
     kwargs = {}
     if "pk" in pattern.pattern.converters:
         kind = "escalation" if "escalation" in name else "sync" if "sync_retry" in name else "pk"
+        if name.startswith("audit:"):
+            kind = "entry"
+        if name.startswith("preferences:bulk_"):
+            kind = "bulk"
+        if name.startswith("preferences:resubscribe_"):
+            kind = "resubscribe"
         kwargs["pk"] = objects[kind]
     return reverse(name, kwargs=kwargs)
 
