@@ -28,12 +28,10 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -50,7 +48,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from standins.tls import TLSRequestHandler, TLSServer, ensure_certificates, server_context
+from standins.tls import StandIn, TLSRequestHandler, TLSServer
 
 logger = logging.getLogger(__name__)
 
@@ -365,13 +363,16 @@ class _Handler(TLSRequestHandler):
 # --- the stand-in ---------------------------------------------------------------------------
 
 
-class SalesforceStandIn:
+class SalesforceStandIn(StandIn):
     """One Salesforce org with one API user, speaking HTTPS on loopback.
 
     Helpers for tests: ``add_contact``, ``contact``, ``tasks``, ``external_update``,
     ``delete_contact``, ``fail``, ``reject_record``, ``expire_sessions``, ``api_calls``,
     ``call_log``, ``reset``. All are thread-safe.
     """
+
+    name = "salesforce-standin"
+    ca_name = "Preference Desk Salesforce stand-in CA"
 
     def __init__(
         self,
@@ -459,63 +460,8 @@ class SalesforceStandIn:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        if not self._url:
-            raise RuntimeError("the stand-in is not started")
-        return self._url
-
-    def start(self) -> SalesforceStandIn:
-        if self._httpd is not None:
-            return self
-        cert_dir = self._cert_dir
-        if cert_dir is None:
-            cert_dir = self._own_cert_dir = Path(tempfile.mkdtemp(prefix="salesforce-standin-"))
-        ca_path, cert_path, key_path = ensure_certificates(
-            cert_dir, ca_name="Preference Desk Salesforce stand-in CA"
-        )
-        self.ca_path = str(ca_path)
-        context = server_context(cert_path, key_path)
-        self._stopping.clear()
-        self._httpd = _Server((self.host, self.port), self, context)
-        self.port = self._httpd.server_address[1]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self._url = f"https://{host}:{self.port}"
-        serve = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"salesforce-standin-{self.port}",
-            daemon=True,
-        )
-        serve.start()
-        self._threads = [serve]
-        if self._state_file is not None:
-            saver = threading.Thread(target=self._save_loop, name="standin-saver", daemon=True)
-            saver.start()
-            self._threads.append(saver)
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._stopping.set()  # releases requests held by latency/timeout faults
-        self._httpd.shutdown()
-        self._httpd.close_connections()
-        self._httpd.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._httpd = None
-        if self._state_file is not None:
-            self._save(self._state_file)
-        if self._own_cert_dir is not None:
-            shutil.rmtree(self._own_cert_dir, ignore_errors=True)
-            self._own_cert_dir = None
-
-    def __enter__(self) -> SalesforceStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _server(self, address: tuple[str, int], context: ssl.SSLContext) -> _Server:
+        return _Server(address, self, context)
 
     # -- helpers for tests and the demo -------------------------------------------------------
 
@@ -1351,13 +1297,6 @@ class SalesforceStandIn:
         return rule
 
     # -- persistence (standalone demo) --------------------------------------------------------
-
-    def _save_loop(self) -> None:
-        while not self._stopping.is_set():
-            if self._dirty.wait(0.5) and not self._stopping.is_set():
-                self._stopping.wait(0.2)  # gather a burst of writes into one save
-                assert self._state_file is not None
-                self._save(self._state_file)
 
     def _save(self, path: Path) -> None:
         with self._lock:

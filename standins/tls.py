@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -202,3 +204,94 @@ class TLSRequestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+
+class StandIn:
+    """The lifecycle both stand-ins share: certificates, the server thread, and the state
+    file saved in the background (the demo's stand-ins keep their data across restarts).
+
+    A subclass sets the attributes below in its __init__ and implements _server and _save.
+    """
+
+    name: ClassVar[str]  # names the server thread and the temporary certificate directory
+    ca_name: ClassVar[str]
+
+    host: str
+    port: int
+    ca_path: str
+    _url: str
+    _state_file: Path | None
+    _cert_dir: Path | None
+    _own_cert_dir: Path | None
+    _stopping: threading.Event
+    _dirty: threading.Event
+    _httpd: TLSServer | None
+    _threads: list[threading.Thread]
+
+    def _server(self, address: tuple[str, int], context: ssl.SSLContext) -> TLSServer:
+        raise NotImplementedError
+
+    def _save(self, path: Path) -> None:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        if not self._url:
+            raise RuntimeError("the stand-in is not started")
+        return self._url
+
+    def start(self) -> Self:
+        if self._httpd is not None:
+            return self
+        cert_dir = self._cert_dir
+        if cert_dir is None:
+            cert_dir = self._own_cert_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        ca_path, cert_path, key_path = ensure_certificates(cert_dir, ca_name=self.ca_name)
+        self.ca_path = str(ca_path)
+        self._stopping.clear()
+        self._httpd = self._server((self.host, self.port), server_context(cert_path, key_path))
+        self.port = self._httpd.server_address[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._url = f"https://{host}:{self.port}"
+        serve = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-{self.port}",
+            daemon=True,
+        )
+        serve.start()
+        self._threads = [serve]
+        if self._state_file is not None:
+            saver = threading.Thread(target=self._save_loop, name=f"{self.name}-saver", daemon=True)
+            saver.start()
+            self._threads.append(saver)
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._stopping.set()  # releases requests held by latency/timeout faults
+        self._httpd.shutdown()
+        self._httpd.close_connections()
+        self._httpd.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._httpd = None
+        if self._state_file is not None:
+            self._save(self._state_file)
+        if self._own_cert_dir is not None:
+            shutil.rmtree(self._own_cert_dir, ignore_errors=True)
+            self._own_cert_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _save_loop(self) -> None:
+        while not self._stopping.is_set():
+            if self._dirty.wait(0.5) and not self._stopping.is_set():
+                self._stopping.wait(0.2)  # gather a burst of writes into one save
+                assert self._state_file is not None
+                self._save(self._state_file)
