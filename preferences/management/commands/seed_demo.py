@@ -165,7 +165,9 @@ class Seeder:
                 bounced = True
             version += 1
             moment += timedelta(days=rng.randint(1, 200), minutes=rng.randint(0, 1440))
-            moment = min(moment, self.now - timedelta(minutes=version))
+            # Kept in the past and still in order: the last event at least a minute ago,
+            # each earlier one at least a minute before the next.
+            moment = min(moment, self.now - timedelta(minutes=len(events) - version + 1))
             # Half of email opt-outs, and every bounce, arrive from the email platform.
             from_platform = action == "opt_out" and channel == Channel.EMAIL and rng.random() < 0.5
             actor_id: int | None
@@ -296,6 +298,12 @@ class Command(BaseCommand):
             for pk in range(first_pk + done, first_pk + done + size):
                 row, audit_id, consent_id = seeder.contact(pk, audit_id, consent_id)
                 contacts.append(row)
+            # A real log is written in time order, and the audit log's date filter relies on
+            # it (audit/forms.py, date_range_q): number the batch's entries by time, not by
+            # contact. (Seeds of more than one batch still overlap between batches.)
+            first_audit_id = audit_id - len(seeder.audit)
+            seeder.audit.sort(key=lambda row: row[1])
+            seeder.audit = [(first_audit_id + n, *row[1:]) for n, row in enumerate(seeder.audit)]
             with transaction.atomic(), connection.cursor() as cursor:
                 _copy(
                     cursor,
