@@ -37,7 +37,6 @@ import re
 import secrets
 import signal
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 from lxml import etree
 
-from standins.tls import StandIn, TLSRequestHandler, TLSServer
+from standins.tls import StandIn, TLSRequestHandler, TLSServer, run_standin_process
 
 logger = logging.getLogger(__name__)
 
@@ -1106,36 +1105,16 @@ class MarketingCloudStandInClient:
 def standin_process(
     *, port: int = 0, args: Iterable[str] = (), startup_timeout: float = 20.0
 ) -> Iterator[MarketingCloudStandInClient]:
-    """Run ``python -m standins.marketing_cloud`` in a subprocess and yield a client for it.
-
-    The client secret travels in the environment, not on the command line (which any local
-    user can read).
-    """
-    secret = secrets.token_urlsafe(24)
-    env = {**os.environ, "MARKETING_CLOUD_CLIENT_SECRET": secret}
-    env.pop("MARKETING_CLOUD_CLIENT_ID", None)
-    env.pop("MARKETING_CLOUD_ACCOUNT_ID", None)
-    command = [sys.executable, "-m", "standins.marketing_cloud", "--port", str(port), *args]
-    process = subprocess.Popen(  # noqa: S603 (our own module, no shell)
-        command,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        stdout = process.stdout
-        assert stdout is not None
-        lines: list[str] = []
-        # readline() would block forever on a child that hangs before printing.
-        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(startup_timeout)
-        if not lines or not lines[0].strip():
-            raise RuntimeError(
-                f"the Marketing Cloud stand-in did not start (exit {process.poll()})"
-            )
-        info = json.loads(lines[0])
+    """Run ``python -m standins.marketing_cloud`` in a subprocess and yield a client for it."""
+    with run_standin_process(
+        "standins.marketing_cloud",
+        label="Marketing Cloud",
+        env_name="MARKETING_CLOUD_CLIENT_SECRET",
+        clear_env=["MARKETING_CLOUD_CLIENT_ID", "MARKETING_CLOUD_ACCOUNT_ID"],
+        port=port,
+        args=args,
+        startup_timeout=startup_timeout,
+    ) as (info, secret):
         client = MarketingCloudStandInClient(
             info["url"], info["ca_path"], secret, info["client_id"]
         )
@@ -1143,15 +1122,6 @@ def standin_process(
             yield client
         finally:
             client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,13 +7,19 @@ services are (verified TLS), each with its own CA.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
+import secrets
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -295,3 +301,53 @@ class StandIn:
                 self._stopping.wait(0.2)  # gather a burst of writes into one save
                 assert self._state_file is not None
                 self._save(self._state_file)
+
+
+@contextmanager
+def run_standin_process(
+    module: str,
+    *,
+    label: str,
+    env_name: str,
+    clear_env: Iterable[str] = (),
+    port: int = 0,
+    args: Iterable[str] = (),
+    startup_timeout: float = 20.0,
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """Run ``python -m <module>`` and yield (the JSON line it printed on start, its secret).
+
+    The client secret is passed in the environment variable env_name; it travels in the environment, not on the command line (which any local
+    user can read).
+    """
+    secret = secrets.token_urlsafe(24)
+    env = {**os.environ, env_name: secret}
+    for name in clear_env:
+        env.pop(name, None)
+    command = [sys.executable, "-m", module, "--port", str(port), *args]
+    process = subprocess.Popen(  # noqa: S603 (our own module, no shell)
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        stdout = process.stdout
+        assert stdout is not None
+        lines: list[str] = []
+        # readline() would block forever on a child that hangs before printing.
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(startup_timeout)
+        if not lines or not lines[0].strip():
+            raise RuntimeError(f"the {label} stand-in did not start (exit {process.poll()})")
+        yield json.loads(lines[0]), secret
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
