@@ -316,8 +316,8 @@ def run_standin_process(
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """Run ``python -m <module>`` and yield (the JSON line it printed on start, its secret).
 
-    The client secret is passed in the environment variable env_name; it travels in the environment, not on the command line (which any local
-    user can read).
+    The client secret is passed in the environment variable env_name, not on the command
+    line (which any local user can read).
     """
     secret = secrets.token_urlsafe(24)
     env = {**os.environ, env_name: secret}
