@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from audit.models import Source
 from audit.reports import CHART_ACTIONS, WeekCounts
-from preferences.models import Source
 
 WIDTH = 860
 HEIGHT = 230

@@ -8,7 +8,6 @@ or resolved) is read as one ordered index scan per action, merged (log_page belo
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -20,8 +19,9 @@ from django.contrib.auth.models import User
 from django.db.models import BooleanField, Exists, F, Func, Max, OuterRef, Q, QuerySet, Value
 from django.utils import timezone
 
-from audit.models import AuditAction, AuditEntry, PendingReview
-from preferences.models import Channel, Contact, Source, salesforce_id_18
+from audit.models import AuditAction, AuditEntry, PendingReview, Source
+from lib.channels import Channel
+from lib.salesforce_ids import TYPED_SALESFORCE_ID, salesforce_id_18
 
 # kind: (label, branches). An entry is of the kind when it matches any branch; each branch
 # is served by one index, (action, -id) or (source, -id), in id order.
@@ -59,7 +59,6 @@ PAGE_SIZE = 50
 # Left to itself the planner sorts every match of a common word to show fifty.
 SEARCH_WINDOW = 20_000
 NOTE_SEARCH_MIN = 3
-_SALESFORCE_ID = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 DATE_INPUT = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
 
 
@@ -100,14 +99,17 @@ def day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
-def find_contacts(value: str) -> list[Contact]:
+def find_contacts(value: str) -> list[Any]:
     """Contacts named by a Salesforce ID (15 or 18), an Ascend ID or an email address."""
+    # The log knows contacts only through the relation its entries record (audit imports no
+    # feature), so it asks that relation for their model.
+    contacts = AuditEntry._meta.get_field("contact").related_model._default_manager
     value = value.strip()
     if "@" in value:
-        return list(Contact.objects.filter(email=value.lower())[:20])
-    if _SALESFORCE_ID.match(value):
-        return list(Contact.objects.filter(salesforce_id=salesforce_id_18(value)))
-    return list(Contact.objects.filter(ascend_id=value))
+        return list(contacts.filter(email=value.lower())[:20])
+    if TYPED_SALESFORCE_ID.match(value):
+        return list(contacts.filter(salesforce_id=salesforce_id_18(value)))
+    return list(contacts.filter(ascend_id=value))
 
 
 class LogFilterForm(forms.Form):
@@ -149,7 +151,7 @@ class LogFilterForm(forms.Form):
     # The filters that make up a shareable view (the cursors are not part of it).
     FILTERS = ("start", "end", "actor", "contact", "channel", "kind", "source", "q", "unreviewed")
 
-    def clean_contact(self) -> list[Contact] | None:
+    def clean_contact(self) -> list[Any] | None:
         value: str = self.cleaned_data["contact"].strip()
         if not value:
             return None

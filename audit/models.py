@@ -8,7 +8,27 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from preferences.models import Channel, Source
+from lib.channels import Channel
+from lib.locks import AdvisoryLock
+
+
+class Source(models.TextChoices):
+    """Who or what made a change: staff, or a system the app heard it from."""
+
+    STAFF = "staff", "Staff"
+    SALESFORCE = "salesforce", "Salesforce"
+    EMAIL_PLATFORM = "email_platform", "Email platform"
+    BULK = "bulk", "Bulk change"
+    SYSTEM = "system", "System"
+
+
+class ConsentMethod(models.TextChoices):
+    """How a contact asked to be opted back in: part of the evidence an entry carries."""
+
+    PHONE_CALL = "phone_call", "Phone call"
+    EMAIL = "email", "Email"
+    IN_PERSON = "in_person", "In person"
+    WRITTEN_FORM = "written_form", "Written form"
 
 
 class AuditAction(models.TextChoices):
@@ -43,7 +63,7 @@ RISKY_ACTIONS = [
 # The hash chain: at commit, a deferred trigger seals each new entry with the SHA-256 of the
 # previous seal's hash and the entry's canonical text (AUDIT_CANONICAL_SQL, defined in the
 # migration as audit_entry_canonical()). verify_audit recomputes the chain.
-SEAL_LOCK = 7_310_002
+SEAL_LOCK = AdvisoryLock.AUDIT_SEAL
 
 
 class AuditEntry(models.Model):
@@ -154,7 +174,7 @@ class AuditEntry(models.Model):
                 operation=pgtrigger.Insert,
                 timing=pgtrigger.Deferred,
                 func=f"""
-                    PERFORM pg_advisory_xact_lock({SEAL_LOCK});
+                    PERFORM pg_advisory_xact_lock({SEAL_LOCK:d});
                     INSERT INTO audit_auditseal (entry_id, seq, hash)
                     SELECT NEW.id, COALESCE(last.seq, 0) + 1,
                            encode(sha256(convert_to(

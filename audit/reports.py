@@ -11,8 +11,8 @@ from django.db.models.functions import TruncWeek
 from django.utils import timezone
 
 from audit.forms import day_start
-from audit.models import AuditAction, AuditEntry
-from preferences.models import CHANNEL_SALESFORCE_FIELDS, Channel, Source
+from audit.models import AuditAction, AuditEntry, Source
+from lib.channels import SALESFORCE_FIELDS, Channel
 
 # Only these actions move an opt-out flag (apply_change names a change by what it did).
 FLAG_ACTIONS = [AuditAction.OPT_OUT, AuditAction.RE_ENROLMENT]
@@ -67,7 +67,7 @@ def change_summary(start: date, end: date) -> list[SummaryRow]:
         SummaryRow(
             channel=channel,
             label=label,
-            field=CHANNEL_SALESFORCE_FIELDS[channel],
+            field=SALESFORCE_FIELDS[channel],
             opted_out=counts[f"{channel}|{OPTED_OUT}"],
             opted_in=counts[f"{channel}|{OPTED_IN}"],
         )
@@ -83,7 +83,7 @@ class ChangeRow:
 
     @property
     def field(self) -> str:
-        return CHANNEL_SALESFORCE_FIELDS[self.channel]
+        return SALESFORCE_FIELDS[self.channel]
 
 
 def change_rows(entries: Iterable[AuditEntry]) -> Iterator[ChangeRow]:

@@ -1,15 +1,70 @@
-"""Marking a risky action reviewed: the review is itself an audit entry."""
+"""Writing the audit log, and marking a risky action reviewed (itself an audit entry).
+
+record() is the one writer: every feature hands it what happened and it derives who did it
+the same way each time. audit imports no feature; a feature passes its own rows as links.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
-from audit.models import AuditAction, AuditEntry, PendingReview
-from preferences.models import Source
+from audit.models import AuditAction, AuditEntry, PendingReview, Source
 
 DEFAULT_REVIEW_NOTE = "Reviewed"
+# The relations an entry may carry besides its contact: the consent, bulk run, re-subscribe
+# request or reviewed entry it is about.
+LINKS = frozenset({"contact", "consent", "bulk_run", "resubscribe_request", "reviews"})
+
+
+def record(
+    action: str,
+    *,
+    note: str,
+    actor: User | None = None,
+    system: str = "",
+    source: str | None = None,
+    contact_id: int | None = None,
+    contact_version: int | None = None,
+    channels: Iterable[str] = (),
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+    **links: models.Model | None,
+) -> AuditEntry:
+    """Write one entry, in the caller's transaction (it commits or rolls back with the thing
+    it records).
+
+    Who did it reads as the staff member's username, else `system` (the part of the app that
+    acted, such as "Ascend export"), else the source's label. The source defaults to staff
+    when there is an actor, to the system otherwise.
+    """
+    if unknown := set(links) - LINKS:
+        raise TypeError(f"not an audit entry link: {', '.join(sorted(unknown))}")
+    if source is None:
+        source = Source.STAFF if actor is not None else Source.SYSTEM
+    label = actor.get_username() if actor is not None else system or Source(source).label
+    extra: dict[str, Any] = dict(links)
+    if contact_id is not None:
+        extra["contact_id"] = contact_id
+    return AuditEntry.objects.create(
+        created_at=created_at or timezone.now(),
+        actor=actor,
+        actor_label=label,
+        source=source,
+        action=action,
+        contact_version=contact_version,
+        channels=list(channels),
+        before=before or {},
+        after=after or {},
+        note=note,
+        **extra,
+    )
 
 
 class ReviewRefused(Exception):
@@ -51,11 +106,9 @@ def review_entry(*, entry_id: int, actor: User, comment: str = "") -> AuditEntry
                 )
                 + ". Nothing was changed."
             )
-        return AuditEntry.objects.create(
+        return record(
+            AuditAction.REVIEW,
             actor=actor,
-            actor_label=actor.get_username(),
-            source=Source.STAFF,
-            action=AuditAction.REVIEW,
             contact_id=entry.contact_id,
             channels=entry.channels,
             note=comment or DEFAULT_REVIEW_NOTE,

@@ -19,7 +19,7 @@ from django_htmx.http import push_url
 from audit import charts
 from audit.exports import FETCH_ROWS, stream_csv
 from audit.forms import LogFilterForm, ReportForm, ReviewForm, log_page
-from audit.models import AuditAction, AuditEntry, AuditSeal, PendingReview
+from audit.models import AuditAction, AuditEntry, AuditSeal, ConsentMethod, PendingReview, Source
 from audit.reports import (
     CHANGE_REPORT_HEADER,
     CHART_HEADER,
@@ -32,14 +32,9 @@ from audit.reports import (
     weekly_counts,
 )
 from audit.services import AlreadyReviewed, ReviewRefused, review_entry
-from preferences.access import HtmxHttpRequest, staff_view
-from preferences.models import (
-    CHANNEL_OPT_OUT_LABELS,
-    Channel,
-    ConsentMethod,
-    EmailCategory,
-    Source,
-)
+from audit.vocabulary import category_names
+from lib.access import HtmxHttpRequest, staff_view
+from lib.channels import OPT_OUT_LABELS, Channel
 
 LOG_TEMPLATE = "audit/log.html"
 ENTRY_TEMPLATE = "audit/entry_detail.html"
@@ -54,10 +49,6 @@ def _fragment(request: HtmxHttpRequest) -> bool:
     """htmx asked for a region; a boosted link or a history restore needs the whole page."""
     htmx = request.htmx
     return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
-
-
-def _category_names() -> dict[str, str]:
-    return dict(EmailCategory.objects.values_list("key", "name"))
 
 
 @require_GET
@@ -99,7 +90,7 @@ def _present(entries: list[AuditEntry]) -> None:
     call (translations, the choices dict rebuilt each time); at 50 rows a page that was
     most of the page's time.
     """
-    names = _category_names()
+    names = category_names()
     for entry in entries:
         consent = entry.consent
         entry.change_lines = entry.describe_changes(names)  # type: ignore[attr-defined]
@@ -122,9 +113,7 @@ def _state_rows(entry: AuditEntry, names: dict[str, str]) -> list[tuple[str, str
     for channel in Channel.values:
         was = before.get("opted_out", {}).get(channel, False)
         now = after.get("opted_out", {}).get(channel, False)
-        rows.append(
-            (CHANNEL_OPT_OUT_LABELS[channel], "Yes" if was else "No", "Yes" if now else "No")
-        )
+        rows.append((OPT_OUT_LABELS[channel], "Yes" if was else "No", "Yes" if now else "No"))
 
     def listed(keys: list[str]) -> str:
         return ", ".join(names.get(key, key) for key in keys) or "none"
@@ -164,7 +153,7 @@ def _render_entry(
         ).annotate(awaiting_review=Exists(PendingReview.objects.filter(entry_id=OuterRef("pk")))),
         pk=pk,
     )
-    names = _category_names()
+    names = category_names()
     context = {
         "entry": entry,
         "change_lines": entry.describe_changes(names),
@@ -325,7 +314,7 @@ def export(request: HtmxHttpRequest) -> HttpResponseBase:
         .order_by("-id")
         .values_list(*LOG_EXPORT_COLUMNS)
     )
-    names = _category_names()
+    names = category_names()
     scratch = AuditEntry()  # describe_changes() reads only before/after: one model, reused
     rows = (_log_values(r, names, scratch) for r in entries.iterator(chunk_size=FETCH_ROWS))
     return stream_csv(f"audit-log-{timezone.localtime():%Y%m%d-%H%M}.csv", LOG_EXPORT_HEADER, rows)

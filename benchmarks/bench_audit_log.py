@@ -422,7 +422,7 @@ class History:
         p1 = p0 if phone is None else phone
         c1 = c0 if categories is None else categories
         if e1 and not e0:
-            c1 = ()  # rule 3
+            c1 = ()  # docs/design.md, rule 3
         b1 = b0 if bounced is None else bounced
         v1 = v0 + 1
         self.state[contact] = (e1, p1, c1, b1, v1)

@@ -15,7 +15,7 @@ What it does:
    do-not-call, category changes; each with a note, so each becomes a Task). Not part of
    the sync timing. The "push soon" messages apply_change queues after commit go to an
    in-memory broker here (kombu's memory://), never to a shared Redis.
-4. The push phase, timed: preferences.sync.push_salesforce_batch() in a loop, in this
+4. The push phase, timed: preferences.sync.push_batch() in a loop, in this
    process, until nothing is left behind. With --worker instead: a private redis-server, a
    real `celery -A config worker` (prefork, --concurrency 2) and one sweep task, which is
    how the sweeper catches up with a backlog.
@@ -185,22 +185,22 @@ def apply_changes(contacts: list[Any], threads: int) -> None:
 def behind() -> int:
     from django.db.models import F
 
-    from preferences.models import ContactSync, SyncStatus, SyncTarget
+    from preferences.models import ContactSync, SyncStatus
 
     return (
-        ContactSync.objects.filter(target=SyncTarget.SALESFORCE)
+        ContactSync.objects.filter(target="salesforce")
         .exclude(status=SyncStatus.SYNCED, synced_version=F("contact__version"))
         .count()
     )
 
 
 def push_in_process() -> list[float]:
-    from preferences.sync import push_salesforce_batch
+    from integrations.salesforce.sync import push_batch
 
     batch_seconds: list[float] = []
     while True:
         started = time.perf_counter()
-        outcome = push_salesforce_batch()
+        outcome = push_batch()
         if outcome.claimed == 0:
             return batch_seconds
         batch_seconds.append(time.perf_counter() - started)
@@ -283,7 +283,7 @@ def push_with_worker(total: int, directory: Path) -> float:
                 raise SystemExit(f"the worker did not start; see {directory / 'worker.log'}")
             time.sleep(0.2)
         print(f"Worker ready (database {db['NAME']}, broker port {port})", flush=True)
-        from preferences.tasks import sweep
+        from integrations.tasks import sweep
 
         started = time.perf_counter()
         # This process published to memory:// so far; the sweep goes to the worker's Redis.
@@ -306,8 +306,8 @@ def push_with_worker(total: int, directory: Path) -> float:
 def verify(standin: Any) -> tuple[bool, str]:
     """The stand-in equals the database for every contact; one Task per change."""
     from audit.models import AuditEntry
+    from lib.channels import SALESFORCE_FIELDS
     from preferences.models import (
-        CHANNEL_SALESFORCE_FIELDS,
         ChannelPreference,
         Contact,
         EmailCategory,
@@ -330,7 +330,7 @@ def verify(standin: Any) -> tuple[bool, str]:
     for pk, salesforce_id in Contact.objects.values_list("pk", "salesforce_id"):
         want = {
             name: opted_out.get(pk, {}).get(channel, False)
-            for channel, name in CHANNEL_SALESFORCE_FIELDS.items()
+            for channel, name in SALESFORCE_FIELDS.items()
         }
         want.update(
             {name: key in subscribed.get(pk, set()) for key, name in category_fields.items()}

@@ -47,6 +47,12 @@ INSTALLED_APPS = [
     "pgtrigger",
     "preferences",
     "audit",
+    # The sync core, then each outside system in the order the contact page lists them;
+    # each registers its sync target when ready (integrations/core.py).
+    "integrations",
+    "integrations.salesforce",
+    "integrations.ascend",
+    "integrations.marketing_cloud",
 ]
 
 MIDDLEWARE = [
@@ -183,7 +189,7 @@ LOGGING = {
 CSRF_FAILURE_VIEW = "config.views.csrf_failure"
 
 # --- Sync ------------------------------------------------------------------------------------
-# Salesforce (preferences/salesforce.py). The stand-in (standins/salesforce.py) is reached the
+# Salesforce (integrations/salesforce/). The stand-in (standins/salesforce/) is reached the
 # same way: only the login URL, the credentials and the CA bundle differ.
 SALESFORCE_LOGIN_URL = envstr("SALESFORCE_LOGIN_URL", "https://login.salesforce.com")
 SALESFORCE_AUTH = envstr("SALESFORCE_AUTH", "client_credentials")  # or "jwt"
@@ -197,8 +203,8 @@ SALESFORCE_TIMEOUT = envint("SALESFORCE_TIMEOUT", 30)
 SALESFORCE_CONNECT_TIMEOUT = envint("SALESFORCE_CONNECT_TIMEOUT", 10)
 SALESFORCE_TASK_EXTERNAL_ID = envstr("SALESFORCE_TASK_EXTERNAL_ID", "Preference_Change_Id__c")
 SALESFORCE_ENABLED = envbool("SALESFORCE_ENABLED", bool(SALESFORCE_CLIENT_ID))
-# Marketing Cloud (preferences/marketing_cloud.py): subscriber status per business unit, read
-# and reset through the SOAP API. The stand-in (standins/marketing_cloud.py) is reached the
+# Marketing Cloud (integrations/marketing_cloud/): subscriber status per business unit, read
+# and reset through the SOAP API. The stand-in (standins/marketing_cloud/) is reached the
 # same way. The auth URL is the tenant's https://<subdomain>.auth.marketingcloudapis.com.
 MARKETING_CLOUD_AUTH_URL = envstr("MARKETING_CLOUD_AUTH_URL", "")
 MARKETING_CLOUD_CLIENT_ID = envstr("MARKETING_CLOUD_CLIENT_ID", "")
@@ -219,7 +225,7 @@ SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
 SYNC_PULL_SECONDS = envint("SYNC_PULL_SECONDS", 120)
 SYNC_PULL_LAG_SECONDS = envint("SYNC_PULL_LAG_SECONDS", 5)  # writes commit after their stamp
 
-# Bulk changes (preferences/bulk.py): a worker holds a run for BULK_LEASE_SECONDS, renewed as
+# Bulk changes (preferences/bulk/jobs.py): a worker holds a run for BULK_LEASE_SECONDS, renewed as
 # it works; a run whose worker died is queued again once its lease has run out.
 BULK_LEASE_SECONDS = envint("BULK_LEASE_SECONDS", 60)
 BULK_RESUME_SECONDS = envint("BULK_RESUME_SECONDS", 60)
@@ -238,9 +244,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 3
 # max_retries 0: kombu's own reconnect loop would otherwise hold a request for seconds.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600, "max_retries": 0}
 CELERY_BEAT_SCHEDULE = {
-    "sweep-sync": {"task": "preferences.tasks.sweep", "schedule": float(SYNC_SWEEP_SECONDS)},
+    "sweep-sync": {"task": "integrations.tasks.sweep", "schedule": float(SYNC_SWEEP_SECONDS)},
     "pull-salesforce": {
-        "task": "preferences.tasks.pull_from_salesforce",
+        "task": "integrations.salesforce.tasks.pull_from_salesforce",
         "schedule": float(SYNC_PULL_SECONDS),
     },
     "resume-bulk-runs": {
@@ -250,7 +256,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": float(BULK_RESUME_SECONDS)},
     },
     "ascend-nightly": {
-        "task": "preferences.tasks.ascend_nightly",
+        "task": "integrations.ascend.tasks.ascend_nightly",
         "schedule": crontab(hour=envint("ASCEND_HOUR_UTC", 8), minute=0),
     },
 }

@@ -9,53 +9,11 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q, Value
 from django.db.models.functions import Concat, Lower
 
-
-class Channel(models.TextChoices):
-    EMAIL = "email", "Email"
-    PHONE = "phone", "Phone"
-
-
-# The Salesforce Contact field each channel's opt-out is written to, and how staff name the
-# opt-out. Adding a channel (SMS, mail) is one choice above and one entry in each mapping.
-CHANNEL_SALESFORCE_FIELDS: dict[str, str] = {
-    Channel.EMAIL: "HasOptedOutOfEmail",
-    Channel.PHONE: "DoNotCall",
-}
-CHANNEL_OPT_OUT_LABELS: dict[str, str] = {
-    Channel.EMAIL: "Email opt-out",
-    Channel.PHONE: "Do not call",
-}
-
-
-class Source(models.TextChoices):
-    STAFF = "staff", "Staff"
-    SALESFORCE = "salesforce", "Salesforce"
-    EMAIL_PLATFORM = "email_platform", "Email platform"
-    BULK = "bulk", "Bulk change"
-    SYSTEM = "system", "System"
-
-
-class ConsentMethod(models.TextChoices):
-    PHONE_CALL = "phone_call", "Phone call"
-    EMAIL = "email", "Email"
-    IN_PERSON = "in_person", "In person"
-    WRITTEN_FORM = "written_form", "Written form"
-
+from audit.models import ConsentMethod, Source
+from lib.channels import Channel
+from lib.salesforce_ids import TYPED_SALESFORCE_ID, salesforce_id_18
 
 SEARCH_LIMIT = 50
-_SALESFORCE_ID = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
-_CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-
-
-def salesforce_id_18(value: str) -> str:
-    """The case-insensitive 18-character form of a 15-character Salesforce ID."""
-    if len(value) != 15:
-        return value
-    suffix = ""
-    for start in range(0, 15, 5):
-        bits = sum(1 << i for i, ch in enumerate(value[start : start + 5]) if ch.isupper())
-        suffix += _CHECKSUM_ALPHABET[bits]
-    return value + suffix
 
 
 class ContactQuerySet(models.QuerySet["Contact"]):
@@ -69,7 +27,7 @@ class ContactQuerySet(models.QuerySet["Contact"]):
             return self.none()
         if "@" in query:
             return self.filter(email__startswith=query.lower())
-        if _SALESFORCE_ID.match(query):
+        if TYPED_SALESFORCE_ID.match(query):
             return self.filter(salesforce_id=salesforce_id_18(query))
         digits = re.sub(r"\D", "", query)
         if digits and not re.search(r"[^\d\s()+.-]", query):
@@ -94,7 +52,8 @@ class ContactQuerySet(models.QuerySet["Contact"]):
         return self.filter(Exists(prefs))
 
     def suppressed(self) -> ContactQuerySet:
-        """On the global email suppression list: opted out of email, or bounced (rule 10)."""
+        """On the global email suppression list: opted out of email, or bounced
+        (docs/design.md, rule 10)."""
         opted_out = ChannelPreference.objects.filter(
             contact=OuterRef("pk"), channel=Channel.EMAIL, opted_out=True
         )
@@ -197,7 +156,7 @@ class ChannelPreference(models.Model):
 class EmailCategory(models.Model):
     """An email category (newsletter, events, ...) and the Salesforce field it maps to.
 
-    Categories are data, edited in the admin (rule 2).
+    Categories are data, edited in the admin (docs/design.md, rule 2).
     """
 
     key = models.SlugField(max_length=50, unique=True)
@@ -233,7 +192,7 @@ class Subscription(models.Model):
 
 
 class Consent(models.Model):
-    """Evidence that the contact asked to be re-enrolled on a channel (rule 4)."""
+    """Evidence that the contact asked to be re-enrolled on a channel (docs/design.md, rule 4)."""
 
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="consents")
     channels = ArrayField(models.CharField(max_length=16, choices=Channel.choices))
@@ -260,7 +219,7 @@ class EscalationQuerySet(models.QuerySet["Escalation"]):
 
 
 class Escalation(models.Model):
-    """A request a specialist handed to a manager instead of deciding (rule 12)."""
+    """A request a specialist handed to a manager instead of deciding (docs/design.md, rule 12)."""
 
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="escalations")
     raised_by = models.ForeignKey(
@@ -294,14 +253,6 @@ class Escalation(models.Model):
         return self.resolved_at is None
 
 
-class SyncTarget(models.TextChoices):
-    SALESFORCE = "salesforce", "Salesforce"
-    ASCEND = "ascend", "Ascend"
-    # Marketing Cloud is "synced" once every email re-enrolment up to the contact's version
-    # has had its subscriber status looked up (and a re-subscribe request opened if needed).
-    MARKETING_CLOUD = "marketing_cloud", "Marketing Cloud"
-
-
 class SyncStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     SYNCED = "synced", "Synced"
@@ -317,7 +268,9 @@ class ContactSync(models.Model):
     """
 
     contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="syncs")
-    target = models.CharField(max_length=20, choices=SyncTarget.choices)
+    # A registered sync target's name (integrations.core): the registry, not a list of
+    # choices here, says which targets exist.
+    target = models.CharField(max_length=20)
     synced_version = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING)
     last_error = models.TextField(blank=True)
@@ -343,7 +296,7 @@ class ContactSync(models.Model):
         permissions = [("manage_sync", "Can see sync problems, retry them and list Ascend runs")]
 
     def __str__(self) -> str:
-        return f"{self.contact} → {self.get_target_display()}: {self.get_status_display()}"
+        return f"{self.contact} → {self.target}: {self.get_status_display()}"
 
 
 class SyncWatermark(models.Model):
@@ -393,7 +346,8 @@ class BulkRunState(models.TextChoices):
 
 
 class BulkRun(models.Model):
-    """A manager's bulk opt-out (rule 11): contacts chosen by filter or upload, one note.
+    """A manager's bulk opt-out (docs/design.md, rule 11): contacts chosen by filter or
+    upload, one note.
 
     On confirmation the matching contacts are fixed as BulkItems; a worker applies them one
     by one through apply_change, marking each item in the same transaction as its change, so
@@ -485,7 +439,8 @@ class BusinessUnit(models.Model):
 
 
 class SubscriberStatusValue(models.TextChoices):
-    # The "shirt" colours staff know from Marketing Cloud's subscriber screen (rule 8).
+    # The "shirt" colours staff know from Marketing Cloud's subscriber screen
+    # (docs/design.md, rule 8).
     ACTIVE = "active", "Active (green)"
     BOUNCED = "bounced", "Bounced (yellow)"
     HELD = "held", "Held (gray)"
@@ -493,7 +448,7 @@ class SubscriberStatusValue(models.TextChoices):
     NOT_FOUND = "not_found", "Not found"
 
 
-# Statuses that need the system team to resubscribe the contact (rule 8).
+# Statuses that need the system team to resubscribe the contact (docs/design.md, rule 8).
 NEEDS_RESUBSCRIBE = [
     SubscriberStatusValue.BOUNCED,
     SubscriberStatusValue.HELD,
@@ -536,7 +491,8 @@ RESUBSCRIBE_OPEN_STATES = [ResubscribeState.OPEN, ResubscribeState.IN_PROGRESS]
 
 
 class ResubscribeRequest(models.Model):
-    """A re-enrolled contact who is not Active in a business unit (rule 8), for the queue."""
+    """A re-enrolled contact who is not Active in a business unit (docs/design.md, rule 8),
+    for the queue."""
 
     contact = models.ForeignKey(
         Contact, on_delete=models.PROTECT, related_name="resubscribe_requests"

@@ -1,44 +1,57 @@
 """The one place a contact's communication preferences change.
 
 Views, inbound sync, webhooks, bulk jobs and the admin all call apply_change(); it checks
-the rules from the seeds and writes the new state, the audit entry and the outbound sync
-records in one transaction.
+the rules (docs/design.md, "The rules") and writes the new state, the audit entry and the
+outbound sync marks in one transaction. Features that must act on a change in that same
+transaction (the re-subscribe queue closing requests on an opt-out) register an
+after-change hook instead of being imported here.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditAction, AuditEntry
+from audit.models import AuditAction, AuditEntry, ConsentMethod
+from audit.services import record
+from integrations import core
+from lib.channels import Channel
+from lib.locks import AdvisoryLock
 from preferences.models import (
     BulkRun,
-    Channel,
     ChannelPreference,
     Consent,
-    ConsentMethod,
     Contact,
-    ContactSync,
     EmailCategory,
     Escalation,
-    Source,
     Subscription,
-    SyncStatus,
-    SyncTarget,
 )
-
-logger = logging.getLogger(__name__)
 
 # apply_change holds this advisory lock shared; the Ascend export takes it exclusively for
 # an instant to read the newest audit id, so every change up to that id has committed.
-CHANGE_WINDOW_LOCK = 7_310_001
+CHANGE_WINDOW_LOCK = AdvisoryLock.CHANGE_WINDOW
+
+
+class AfterChange(Protocol):
+    """Runs inside apply_change's transaction, after the entry is written, with the contact
+    (locked) and the entry; raising rolls the change back."""
+
+    def __call__(self, *, contact: Contact, entry: AuditEntry) -> None: ...
+
+
+_after_change_hooks: list[AfterChange] = []
+
+
+def register_after_change(hook: AfterChange) -> None:
+    """Registered once, by the app that needs it, when it is ready (preferences/apps.py)."""
+    if hook not in _after_change_hooks:
+        _after_change_hooks.append(hook)
 
 
 class ChangeRefused(Exception):
@@ -90,12 +103,6 @@ def current_state(contact: Contact) -> PreferenceState:
         Subscription.objects.filter(contact=contact).values_list("category__key", flat=True)
     )
     return PreferenceState(opted_out, categories, contact.email_bounced)
-
-
-def _label(actor: User | None, source: str) -> str:
-    if actor is not None:
-        return actor.get_username()
-    return Source(source).label
 
 
 def _channel_names(channels: Iterable[str]) -> str:
@@ -166,7 +173,7 @@ def apply_change(
     with transaction.atomic():
         contact_id = contact if isinstance(contact, int) else contact.pk
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [CHANGE_WINDOW_LOCK])
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [int(CHANGE_WINDOW_LOCK)])
         # The row lock orders concurrent changes to one contact; the version check below
         # then catches forms loaded before the other change.
         locked = Contact.objects.select_for_update().get(pk=contact_id)
@@ -199,7 +206,9 @@ def apply_change(
             raise ChangeRefused(f"Category no longer offered: {', '.join(sorted(inactive))}.")
         if after_opted_out[Channel.EMAIL]:
             if Channel.EMAIL in opted_out_now:
-                after_categories = frozenset()  # rule 3: opting out turns every category off
+                after_categories = (
+                    frozenset()
+                )  # docs/design.md, rule 3: opting out turns every category off
             elif after_categories:
                 raise ChangeRefused(
                     "The contact is opted out of email: opt them back in before choosing "
@@ -266,12 +275,11 @@ def apply_change(
 
         if after.categories != before.categories or after.bounced != before.bounced:
             changed_channels = sorted({*changed_channels, Channel.EMAIL})
-        entry = AuditEntry.objects.create(
+        entry = record(
+            action,
             created_at=now,
             actor=actor,
-            actor_label=_label(actor, source),
             source=source,
-            action=action,
             contact=locked,
             contact_version=locked.version,
             channels=changed_channels,
@@ -281,81 +289,24 @@ def apply_change(
             consent=consent_row,
             bulk_run=bulk_run,
         )
-        _mark_targets(locked, already_in=set(already_in), now=now)
-        from preferences.resubscribe import after_change  # it imports this module
-
-        # A bulk run queues its pushes once per chunk instead: a message per contact would
+        # A bulk run asks for its pushes once per chunk instead: a message per contact would
         # flood the queue (and spend Salesforce calls) ahead of the run's own work.
-        after_change(contact=locked, entry=entry, queue_check=bulk_run is None)
-        if bulk_run is None:
-            transaction.on_commit(enqueue_push)
+        core.mark_behind(locked, already_in=already_in, now=now, notify=bulk_run is None)
+        for hook in _after_change_hooks:
+            hook(contact=locked, entry=entry)
     if isinstance(contact, Contact):
         contact.refresh_from_db()
     return entry
 
 
-def _mark_targets(contact: Contact, *, already_in: set[str], now: datetime) -> None:
-    """The outbound sync records: every target is now behind, except those that told us.
-
-    One upsert per group: this runs in every change, and a bulk job makes thousands.
-    """
-    behind = [t for t in SyncTarget.values if t not in already_in]
-    told_us = [t for t in SyncTarget.values if t in already_in]
-    if behind:
-        ContactSync.objects.bulk_create(
-            [ContactSync(contact=contact, target=t, status=SyncStatus.PENDING) for t in behind],
-            update_conflicts=True,
-            unique_fields=["contact", "target"],
-            update_fields=["status", "updated_at"],
-        )
-    if told_us:
-        ContactSync.objects.bulk_create(
-            [
-                ContactSync(
-                    contact=contact,
-                    target=t,
-                    synced_version=contact.version,
-                    status=SyncStatus.SYNCED,
-                    synced_at=now,
-                    last_error="",
-                )
-                for t in told_us
-            ],
-            update_conflicts=True,
-            unique_fields=["contact", "target"],
-            update_fields=["synced_version", "status", "synced_at", "last_error", "updated_at"],
-        )
-
-
-def enqueue_push() -> None:
-    """Ask a worker to push soon. Losing this message only delays the push: the sweeper
-    finds whatever is behind, so a broker outage must not fail a change already committed.
-    """
-    from preferences.tasks import push_to_salesforce
-
-    try:
-        push_to_salesforce.apply_async(countdown=settings.SYNC_PUSH_DELAY_SECONDS)
-    except Exception:  # the broker is down or unreachable
-        logger.warning(
-            "Could not queue the Salesforce push; the sweeper will send it", exc_info=True
-        )
-
-
 def escalate(*, contact: Contact, actor: User, note: str) -> Escalation:
-    """Hand a request to a manager instead of deciding (rule 12)."""
+    """Hand a request to a manager instead of deciding (docs/design.md, rule 12)."""
     note = note.strip()
     if not note:
         raise ChangeRefused("Write a note for the manager: what did the contact ask for?")
     with transaction.atomic():
         escalation = Escalation.objects.create(contact=contact, raised_by=actor, note=note)
-        AuditEntry.objects.create(
-            actor=actor,
-            actor_label=actor.get_username(),
-            source=Source.STAFF,
-            action=AuditAction.ESCALATION,
-            contact=contact,
-            note=note,
-        )
+        record(AuditAction.ESCALATION, actor=actor, contact=contact, note=note)
     return escalation
 
 
@@ -371,11 +322,9 @@ def resolve_escalation(*, escalation_id: int, actor: User, note: str) -> Escalat
         escalation.resolved_at = timezone.now()
         escalation.resolution_note = note
         escalation.save(update_fields=["resolved_by", "resolved_at", "resolution_note"])
-        AuditEntry.objects.create(
+        record(
+            AuditAction.ESCALATION_RESOLVED,
             actor=actor,
-            actor_label=actor.get_username(),
-            source=Source.STAFF,
-            action=AuditAction.ESCALATION_RESOLVED,
             contact_id=escalation.contact_id,
             note=note,
         )

@@ -95,7 +95,7 @@ def outsider_client(outsider: User) -> Client:
 @pytest.fixture
 def marketing_cloud(settings: Any) -> Iterator[Any]:
     """The Marketing Cloud stand-in (HTTPS), with this process's settings pointing at it."""
-    from preferences.marketing_cloud import forget_tokens
+    from integrations.marketing_cloud.client import forget_tokens
     from standins.marketing_cloud import running_standin
 
     forget_tokens()  # a token cached for an earlier stand-in on the same port must not leak

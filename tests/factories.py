@@ -70,7 +70,7 @@ def make_resubscribe_request(
     """An open request after a real email re-enrolment (opting the contact out first)."""
     from django.db import transaction
 
-    from preferences.resubscribe import open_request
+    from preferences.resubscribe.requests import open_request
     from preferences.services import apply_change, current_state
 
     if not current_state(contact).opted_out["email"]:

@@ -167,7 +167,7 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
         {"anonymous": LOGIN, "outsider": 403, "specialist": 302, "manager": 302, "system": 302},
     ),
 }
-OUR_APPS = ("preferences.", "audit.", "config.")
+OUR_APPS = ("preferences.", "audit.", "config.", "integrations.")
 
 
 def _patterns(

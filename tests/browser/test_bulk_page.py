@@ -1,4 +1,4 @@
-"""A manager's bulk opt-out from an uploaded file, in a real browser (rule 11).
+"""A manager's bulk opt-out from an uploaded file, in a real browser (docs/design.md, rule 11).
 
 The upload goes through htmx as multipart, the preview lists the unusable rows, the
 confirmation needs a note, and the progress bar polls until the run is done (the test
@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import FilePayload, Page, expect
 
 from audit.models import AuditEntry
-from preferences import bulk
+from preferences.bulk import jobs as bulk
 from preferences.management.commands.create_staff_user import create_staff_user
 from preferences.models import BulkRun, BulkRunState
 from preferences.services import current_state

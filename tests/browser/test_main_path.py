@@ -112,7 +112,7 @@ def test_specialist_opts_out_then_re_enrols_only_with_consent(live_server, page:
     expect(banner.locator("li[data-channel=phone]")).to_have_count(0)
     expect(page.locator("#contact-main ul.messages")).to_contain_text("Saved.")
     expect(page).to_have_url(f"{live_server.url}{contact_path}")
-    # ... and every category is off and cannot be ticked while opted out (rule 3).
+    # ... and every category is off and cannot be ticked while opted out (docs/design.md, rule 3).
     expect(category_boxes).to_have_count(5)
     for box in category_boxes.all():
         expect(box).not_to_be_checked()
@@ -126,7 +126,7 @@ def test_specialist_opts_out_then_re_enrols_only_with_consent(live_server, page:
     version_after_opt_out = contact.version
 
     # 5. Untick the opt-out without the consent step: refused, with a clear message, and
-    #    nothing changes (rule 4, enforced on the server).
+    #    nothing changes (docs/design.md, rule 4, enforced on the server).
     form.get_by_label("Email opt-out").uncheck()
     form.locator("textarea[name=note]").fill("She called back and wants the newsletter.")
     answer = _save(page)
@@ -145,7 +145,8 @@ def test_specialist_opts_out_then_re_enrols_only_with_consent(live_server, page:
     assert not AuditEntry.objects.filter(contact=contact, action=AuditAction.RE_ENROLMENT).exists()
 
     # 6. With the consent recorded the re-enrolment goes through: the banner is gone, the
-    #    old categories are suggested, and none is ticked for the specialist (rule 4).
+    #    old categories are suggested, and none is ticked for the specialist
+    #    (docs/design.md, rule 4).
     asked_at = timezone.localtime(timezone.now()).replace(second=0, microsecond=0)
     form.get_by_label("Email opt-out").uncheck()
     form.get_by_label("How the contact asked").select_option(ConsentMethod.PHONE_CALL.value)

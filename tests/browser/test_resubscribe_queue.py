@@ -1,5 +1,5 @@
 """A re-enrolment, the re-subscribe request it opens, and the system team working it, in a
-real browser (rule 8; issue 5, point 4).
+real browser (docs/design.md, rule 8; issue 5, point 4).
 
 The web app is the live server; a real Celery worker (on a private Redis) does the lookup
 after the re-enrolment, against the Marketing Cloud stand-in over HTTPS; the Salesforce

@@ -1,4 +1,5 @@
-"""Bulk opt-outs (rule 11): selecting, uploads, the preview, confirming, the worker loop."""
+"""Bulk opt-outs (docs/design.md, rule 11): selecting, uploads, the preview, confirming, the
+worker loop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
-from preferences import bulk
+from preferences.bulk import jobs as bulk
 from preferences.models import (
     BulkItem,
     BulkItemState,
@@ -356,7 +357,7 @@ def test_processing_opts_out_each_contact_with_its_own_audit_entry(categories, m
         assert ContactSync.objects.get(contact=contact, target="salesforce").status == (
             SyncStatus.PENDING
         )
-    assert not Subscription.objects.filter(contact=contacts[0]).exists()  # rule 3
+    assert not Subscription.objects.filter(contact=contacts[0]).exists()  # docs/design.md, rule 3
     items = {i.contact_id: i for i in BulkItem.objects.filter(run=run)}
     assert {i.state for i in items.values()} == {BulkItemState.APPLIED}
     assert {items[e.contact_id].audit_entry_id for e in changes} == {e.pk for e in changes}

@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from audit.models import AuditEntry
-from preferences import bulk
+from preferences.bulk import jobs as bulk
 from preferences.models import BulkItem, BulkRun, BulkRunState
 from preferences.services import apply_change, current_state
 from tests import factories

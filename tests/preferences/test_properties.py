@@ -1,6 +1,6 @@
 """Property tests for apply_change: random sequences of requests applied to one contact.
 
-Each step is checked against a small model of the rules (DESIGN.md rules 3, 4 and 6, the
+Each step is checked against a small model of the rules (docs/design.md, rules 3, 4 and 6, the
 category refusals and the stale-form check) and, after every step, against the invariants
 that the banner, the audit log and the sync rely on.
 """
@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from audit.models import AuditAction, AuditEntry
+from integrations import core
 from preferences.management.commands.seed_demo import CATEGORIES
 from preferences.models import (
     Channel,
@@ -32,7 +33,6 @@ from preferences.models import (
     EmailCategory,
     Subscription,
     SyncStatus,
-    SyncTarget,
 )
 from preferences.services import (
     ChangeRefused,
@@ -44,6 +44,8 @@ from preferences.services import (
     current_state,
 )
 from tests import factories
+
+TARGETS = [target.name for target in core.targets()]
 
 pytestmark = pytest.mark.django_db
 
@@ -153,7 +155,7 @@ any_request = st.builds(
     consent=st.one_of(st.none(), consent_specs, consent_specs),
     version_offset=versions,
     source=sources,
-    already_in=st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(SyncTarget.values))),
+    already_in=st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(TARGETS))),
 )
 # Fully random requests are mostly refused, and seldom line up an opt-out and, later, a
 # consented opt-in; these make such sequences common without ruling anything out.
@@ -244,7 +246,7 @@ REFUSALS = {
 
 def model_apply(state: ModelState, request: Request) -> Outcome:
     if not request.note.strip():
-        return Outcome(refused="no note")  # rule 6
+        return Outcome(refused="no note")  # docs/design.md, rule 6
     opt_out = request.opt_out or {}
     if set(opt_out) - set(CHANNELS):
         return Outcome(refused="unknown channel")
@@ -254,7 +256,7 @@ def model_apply(state: ModelState, request: Request) -> Outcome:
     opted_out = frozenset(c for c in CHANNELS if opt_out.get(c, c in state.opted_out))
     re_enrolled = state.opted_out - opted_out
     newly_opted_out = opted_out - state.opted_out
-    if re_enrolled:  # rule 4
+    if re_enrolled:  # docs/design.md, rule 4
         if request.consent is None or not request.consent.attested:
             return Outcome(refused="no consent")
         if request.consent.method not in ConsentMethod.values:
@@ -271,7 +273,7 @@ def model_apply(state: ModelState, request: Request) -> Outcome:
         return Outcome(refused="retired category")
     if Channel.EMAIL in opted_out:
         if Channel.EMAIL in newly_opted_out:
-            categories = frozenset()  # rule 3
+            categories = frozenset()  # docs/design.md, rule 3
         elif categories:
             return Outcome(refused="categories while opted out")
 
@@ -516,7 +518,7 @@ def run_sequence(requests: list[Request], user: User) -> None:
                 assert entry.consent_id is None
 
             # Every target has to receive the new version, except those that sent it to us.
-            assert sorted(s["target"] for s in after.syncs) == sorted(SyncTarget.values)
+            assert sorted(s["target"] for s in after.syncs) == sorted(TARGETS)
             synced_before = {s["target"]: s["synced_version"] for s in before.syncs}
             for sync in after.syncs:
                 if sync["target"] in request.already_in:

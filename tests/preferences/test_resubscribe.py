@@ -14,7 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry, PendingReview
-from preferences import resubscribe, sync, tasks
+from integrations import core, tasks
+from integrations.marketing_cloud import sync as lookup
 from preferences.models import (
     ContactSync,
     ResubscribeRequest,
@@ -22,7 +23,9 @@ from preferences.models import (
     SubscriberStatus,
     SyncStatus,
 )
-from preferences.resubscribe_views import _queue_rows
+from preferences.resubscribe import requests as resubscribe
+from preferences.resubscribe import subscribers
+from preferences.resubscribe.views import _queue_rows
 from preferences.services import ChangeRefused, apply_change
 from tests import factories
 
@@ -95,7 +98,7 @@ def test_each_status_in_parent_and_child_units_opens_a_request_only_when_needed(
         marketing_cloud.set_subscriber(contact.salesforce_id, status, mid=mid)
     _re_enrol(contact, specialist)
 
-    outcome = resubscribe.check_batch()
+    outcome = lookup.check_batch()
 
     assert (outcome.claimed, outcome.looked_up, outcome.synced) == (1, 1, 1)
     # Every active business unit is looked up and recorded, with when it was read.
@@ -132,7 +135,7 @@ def test_active_in_the_parent_but_held_in_a_child_opens_a_request_for_the_child_
     marketing_cloud.set_subscriber(key, "Active", mid=ATHLETICS)
     _re_enrol(contact, specialist)
 
-    assert resubscribe.check_batch().opened == 1
+    assert lookup.check_batch().opened == 1
 
     assert _statuses(contact) == {PARENT: "active", ALUMNI: "held", ATHLETICS: "active"}
     [request] = _requests(contact)
@@ -145,7 +148,7 @@ def test_a_request_names_who_re_enrolled_the_contact_and_the_consent(
     marketing_cloud.set_subscriber(contact.salesforce_id, "Bounced", mid=ATHLETICS)
     entry = _re_enrol(contact, specialist)
 
-    resubscribe.check_batch()
+    lookup.check_batch()
 
     [request] = _requests(contact)
     assert request.requested_by == specialist
@@ -172,7 +175,7 @@ def test_changes_that_are_not_an_email_re_enrolment_are_checked_without_a_call(
         consent=factories.consent(),
     )
 
-    assert resubscribe.check_batch().looked_up == 0
+    assert lookup.check_batch().looked_up == 0
 
     assert (marketing_cloud.token_calls, marketing_cloud.api_calls) == (0, 0)
     contact.refresh_from_db()
@@ -197,7 +200,7 @@ def test_a_phone_re_enrolment_that_ticks_categories_is_not_an_email_re_enrolment
     )
     assert "email" in entry.channels  # categories are email: why the snapshots are read
 
-    assert resubscribe.check_batch().looked_up == 0
+    assert lookup.check_batch().looked_up == 0
     assert marketing_cloud.api_calls == 0
 
 
@@ -208,7 +211,7 @@ def test_a_contact_opted_out_again_before_the_lookup_gets_no_request(
     _re_enrol(contact, specialist)
     _opt_out(contact, specialist, "Changed her mind.")
 
-    assert resubscribe.check_batch().looked_up == 0
+    assert lookup.check_batch().looked_up == 0
 
     assert _requests(contact) == []
     assert marketing_cloud.api_calls == 0
@@ -218,13 +221,13 @@ def test_a_contact_opted_out_again_before_the_lookup_gets_no_request(
 def test_a_repeated_lookup_opens_no_second_request(marketing_cloud, units, contact, specialist):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Unsubscribed", mid=PARENT)
     _re_enrol(contact, specialist)
-    resubscribe.check_batch()
+    lookup.check_batch()
     # As after a lost acknowledgement: the same re-enrolment is looked up again.
     ContactSync.objects.filter(contact=contact, target=MC).update(
         status=SyncStatus.PENDING, synced_version=0
     )
 
-    outcome = resubscribe.check_batch()
+    outcome = lookup.check_batch()
 
     assert (outcome.looked_up, outcome.opened) == (1, 0)
     assert len(_requests(contact)) == 1
@@ -237,10 +240,10 @@ def test_a_new_re_enrolment_after_the_request_was_closed_opens_a_new_one(
 ):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Held", mid=ALUMNI)
     _re_enrol(contact, specialist)
-    resubscribe.check_batch()
+    lookup.check_batch()
     _re_enrol(contact, specialist, "Called again.")  # the opt-out closes the first request
 
-    resubscribe.check_batch()
+    lookup.check_batch()
 
     states = sorted(r.state for r in _requests(contact))
     assert states == [ResubscribeState.CLOSED, ResubscribeState.OPEN]
@@ -252,7 +255,7 @@ def test_inactive_business_units_are_not_looked_up(marketing_cloud, units, conta
     marketing_cloud.set_subscriber(contact.salesforce_id, "Held", mid=ATHLETICS)
     _re_enrol(contact, specialist)
 
-    resubscribe.check_batch()
+    lookup.check_batch()
 
     assert set(_statuses(contact)) == {PARENT, ALUMNI}
     assert _requests(contact) == []
@@ -270,7 +273,7 @@ def test_a_passing_failure_delays_the_lookup_and_retries_it_with_backoff(
     delays = []
     for attempt in (1, 2, 3):
         before = timezone.now()
-        outcome = resubscribe.check_batch()
+        outcome = lookup.check_batch()
         assert (outcome.retry, outcome.failed, outcome.opened) == (1, 0, 0)
         row = _sync(contact)
         assert row.status == SyncStatus.PENDING  # the re-enrolment is not lost ...
@@ -279,13 +282,13 @@ def test_a_passing_failure_delays_the_lookup_and_retries_it_with_backoff(
         assert outcome.next_attempt_at == row.next_attempt_at
         delays.append((row.next_attempt_at - before).total_seconds())
         # ... and not taken again before its time.
-        assert resubscribe.check_batch().claimed == 0
+        assert lookup.check_batch().claimed == 0
         _make_due(contact)
     assert delays[2] > delays[0]  # jitter under doubling ceilings: 0.5-1 s, then 2-4 s
     assert _requests(contact) == []
 
     marketing_cloud.clear_faults()
-    assert resubscribe.check_batch().opened == 1
+    assert lookup.check_batch().opened == 1
     row = _sync(contact)
     assert (row.status, row.attempts, row.last_error) == (SyncStatus.SYNCED, 0, "")
 
@@ -296,11 +299,11 @@ def test_a_token_that_expired_is_renewed_once_and_the_lookup_goes_through(
     marketing_cloud.set_subscriber(contact.salesforce_id, "Bounced", mid=PARENT)
     other = factories.make_contact()
     _re_enrol(other, specialist)
-    resubscribe.check_batch()  # a token is cached now
+    lookup.check_batch()  # a token is cached now
     _re_enrol(contact, specialist)
     marketing_cloud.expire_tokens()
 
-    assert resubscribe.check_batch().opened == 1
+    assert lookup.check_batch().opened == 1
     assert marketing_cloud.token_calls == 2
 
 
@@ -310,7 +313,7 @@ def test_a_token_that_keeps_failing_is_a_passing_failure(
     _re_enrol(contact, specialist)
     marketing_cloud.fail("expire_tokens")
 
-    outcome = resubscribe.check_batch()
+    outcome = lookup.check_batch()
 
     assert (outcome.retry, outcome.failed) == (1, 0)
     assert "LOGIN_FAILED" in _sync(contact).last_error
@@ -324,7 +327,7 @@ def test_after_a_passing_failure_the_rest_of_the_batch_waits_too(
         _re_enrol(contact, specialist)
     marketing_cloud.fail("http_503", times=1)
 
-    outcome = resubscribe.check_batch()
+    outcome = lookup.check_batch()
 
     assert (outcome.claimed, outcome.retry, outcome.looked_up) == (3, 3, 0)
     assert marketing_cloud.api_calls == 0  # one failed call, then no more hammering
@@ -339,7 +342,7 @@ def test_a_permanent_failure_stops_and_shows_on_the_sync_problems_page(
     _re_enrol(contact, specialist)
     marketing_cloud.fail("client_fault", times=1)
 
-    outcome = resubscribe.check_batch()
+    outcome = lookup.check_batch()
 
     assert (outcome.failed, outcome.retry) == (1, 0)
     row = _sync(contact)
@@ -348,13 +351,13 @@ def test_a_permanent_failure_stops_and_shows_on_the_sync_problems_page(
     failure = AuditEntry.objects.get(action=AuditAction.SYNC_FAILED, contact=contact)
     assert failure.actor_label == resubscribe.LOOKUP_ACTOR
     assert "Marketing Cloud refused" in failure.note
-    assert resubscribe.check_batch().claimed == 0  # no endless retry
+    assert lookup.check_batch().claimed == 0  # no endless retry
     page = system_client.get("/sync/problems/").content.decode()
     assert "Marketing Cloud" in page and "User Not Authorized" in page
 
     # The system team fixed the cause: retrying looks the contact up again.
-    sync.retry_failed(sync_id=row.pk, actor=specialist)
-    assert resubscribe.check_batch().opened == 1
+    core.retry_failed(sync_id=row.pk, actor=specialist)
+    assert lookup.check_batch().opened == 1
 
 
 def test_nothing_is_sent_while_marketing_cloud_is_disabled(
@@ -364,21 +367,21 @@ def test_nothing_is_sent_while_marketing_cloud_is_disabled(
     settings.SALESFORCE_ENABLED = False
     _re_enrol(contact, specialist)
 
-    assert tasks.check_marketing_cloud() == {}
+    assert tasks.push("marketing_cloud") == {}
     assert tasks.sweep() == 0
 
     assert marketing_cloud.token_calls == 0
     assert _sync(contact).status == SyncStatus.PENDING  # looked up once it is configured
     settings.MARKETING_CLOUD_ENABLED = True
     assert tasks.sweep() == 1
-    assert tasks.check_marketing_cloud()["looked_up"] == 1
+    assert tasks.push("marketing_cloud")["looked_up"] == 1
 
 
 def test_the_task_reports_what_it_did(marketing_cloud, units, contact, specialist):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Held", mid=ALUMNI)
     _re_enrol(contact, specialist)
 
-    result = tasks.check_marketing_cloud()
+    result = tasks.push("marketing_cloud")
 
     assert result == {"claimed": 1, "looked_up": 1, "opened": 1, "retry": 0, "failed": 0}
 
@@ -546,10 +549,10 @@ def test_resubscribing_sets_active_in_that_unit_reads_it_back_and_closes_the_req
     marketing_cloud.set_subscriber(key, "Active", mid=PARENT)
     marketing_cloud.set_subscriber(key, "Held", mid=ALUMNI)
     _re_enrol(contact, specialist)
-    resubscribe.check_batch()
+    lookup.check_batch()
     [request] = _requests(contact)
 
-    result = resubscribe.resubscribe_in_marketing_cloud(
+    result = subscribers.resubscribe_in_marketing_cloud(
         request_id=request.pk, actor=system_user, note="Weekly batch.", confirmed=True
     )
 
@@ -572,11 +575,11 @@ def test_resubscribing_needs_a_confirmation_and_a_note_before_anything_is_sent(
 ):
     request = factories.make_resubscribe_request(contact, actor=specialist)
     with pytest.raises(ChangeRefused, match="Confirm"):
-        resubscribe.resubscribe_in_marketing_cloud(
+        subscribers.resubscribe_in_marketing_cloud(
             request_id=request.pk, actor=system_user, note="Batch.", confirmed=False
         )
     with pytest.raises(ChangeRefused, match="note"):
-        resubscribe.resubscribe_in_marketing_cloud(
+        subscribers.resubscribe_in_marketing_cloud(
             request_id=request.pk, actor=system_user, note="", confirmed=True
         )
     assert marketing_cloud.call_log == []
@@ -590,7 +593,7 @@ def test_a_contact_opted_out_again_is_not_resubscribed(
     request = factories.make_resubscribe_request(contact, actor=specialist)
     _opt_out(contact, specialist)
     with pytest.raises(ChangeRefused, match="closed"):
-        resubscribe.resubscribe_in_marketing_cloud(
+        subscribers.resubscribe_in_marketing_cloud(
             request_id=request.pk, actor=system_user, note="Batch.", confirmed=True
         )
     assert marketing_cloud.call_log == []
@@ -602,7 +605,7 @@ def test_when_marketing_cloud_fails_nothing_changes_and_staff_are_told(
     request = factories.make_resubscribe_request(contact, actor=specialist)
     marketing_cloud.fail("http_503")
     with pytest.raises(ChangeRefused, match="Nothing was changed"):
-        resubscribe.resubscribe_in_marketing_cloud(
+        subscribers.resubscribe_in_marketing_cloud(
             request_id=request.pk, actor=system_user, note="Batch.", confirmed=True
         )
     request.refresh_from_db()
@@ -618,7 +621,7 @@ def test_when_the_status_does_not_read_active_the_request_stays_in_progress(
     # The read-back fails: the change went out but is not proven.
     marketing_cloud.fail("http_503", action="Retrieve")
 
-    result = resubscribe.resubscribe_in_marketing_cloud(
+    result = subscribers.resubscribe_in_marketing_cloud(
         request_id=request.pk, actor=system_user, note="Batch.", confirmed=True
     )
 
@@ -633,20 +636,20 @@ def test_when_the_status_does_not_read_active_the_request_stays_in_progress(
 
 def test_refresh_reads_every_business_unit_now(marketing_cloud, units, contact):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Bounced", mid=ATHLETICS)
-    resubscribe.refresh_statuses(contact=contact)
+    subscribers.refresh_statuses(contact=contact)
     assert _statuses(contact) == {PARENT: "not_found", ALUMNI: "not_found", ATHLETICS: "bounced"}
     assert _requests(contact) == []  # a read opens nothing: requests follow re-enrolments
 
 
 def test_a_failed_refresh_keeps_the_statuses_read_before(marketing_cloud, units, contact, settings):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Held", mid=PARENT)
-    resubscribe.refresh_statuses(contact=contact)
+    subscribers.refresh_statuses(contact=contact)
     read_at = SubscriberStatus.objects.get(contact=contact, business_unit=units[0]).read_at
     settings.MARKETING_CLOUD_REFRESH_TIMEOUT = 1
     marketing_cloud.fail("timeout", seconds=3)
 
     with pytest.raises(ChangeRefused, match="last ones read"):
-        resubscribe.refresh_statuses(contact=contact)
+        subscribers.refresh_statuses(contact=contact)
 
     kept = SubscriberStatus.objects.get(contact=contact, business_unit=units[0])
     assert (kept.status, kept.read_at) == ("held", read_at)

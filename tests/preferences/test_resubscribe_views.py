@@ -13,8 +13,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from audit.models import AuditAction
-from preferences import resubscribe
+from integrations.marketing_cloud import sync as lookup
 from preferences.models import ResubscribeState, SubscriberStatus
+from preferences.resubscribe import requests as resubscribe
+from preferences.resubscribe import subscribers
 from preferences.services import apply_change
 from tests import factories
 
@@ -345,7 +347,7 @@ def test_the_contact_page_shows_statuses_per_unit_and_open_requests(
     specialist_client, marketing_cloud, request_, contact
 ):
     marketing_cloud.set_subscriber(contact.salesforce_id, "Held", mid=ALUMNI)
-    resubscribe.refresh_statuses(contact=contact)
+    subscribers.refresh_statuses(contact=contact)
 
     card = _card(_html(specialist_client.get(_url("contact", contact.pk))))
 
@@ -383,7 +385,7 @@ def test_a_pending_check_is_polled_until_done(
     assert 'hx-trigger="every 3s"' in card
     assert _url("contact_marketing_cloud", contact.pk) in card
 
-    resubscribe.check_batch()
+    lookup.check_batch()
 
     fragment = _html(
         specialist_client.get(_url("contact_marketing_cloud", contact.pk), headers=HTMX)
@@ -397,7 +399,7 @@ def test_the_card_costs_the_contact_page_the_same_queries_however_many_requests(
 ):
     url = _url("contact", contact.pk)
     factories.make_resubscribe_request(contact, actor=specialist, business_unit=units[0])
-    resubscribe.refresh_statuses(contact=contact)
+    subscribers.refresh_statuses(contact=contact)
     with CaptureQueriesContext(connection) as one:
         specialist_client.get(url)
     request = factories.make_resubscribe_request(contact, actor=specialist, business_unit=units[1])
@@ -510,10 +512,10 @@ def test_outsiders_cannot_mark_urgent(outsider_client, request_):
 
 def test_the_card_is_one_query(specialist, units, contact, marketing_cloud):
     from preferences.models import Contact
-    from preferences.resubscribe_views import marketing_cloud_context
+    from preferences.resubscribe.views import marketing_cloud_context
 
     factories.make_resubscribe_request(contact, actor=specialist)
-    resubscribe.refresh_statuses(contact=contact)
+    subscribers.refresh_statuses(contact=contact)
     loaded = Contact.objects.prefetch_related("syncs").get(pk=contact.pk)  # as the page loads it
     with CaptureQueriesContext(connection) as queries:
         context = marketing_cloud_context(loaded)

@@ -40,14 +40,14 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from config.celery import app as celery_app
+from integrations.salesforce.client import forget_sessions
+from lib.channels import SALESFORCE_FIELDS
 from preferences.models import (
-    CHANNEL_SALESFORCE_FIELDS,
     ChannelPreference,
     Contact,
     EmailCategory,
     Subscription,
 )
-from preferences.salesforce import forget_sessions
 from standins.salesforce import SalesforceStandIn
 from tests import factories
 
@@ -594,7 +594,7 @@ def expected_salesforce_fields(contact_ids: list[int]) -> dict[int, dict[str, bo
         pk: {
             **{
                 name: opted_out[pk].get(channel, False)
-                for channel, name in CHANNEL_SALESFORCE_FIELDS.items()
+                for channel, name in SALESFORCE_FIELDS.items()
             },
             **{name: key in subscribed[pk] for key, name in category_fields.items()},
         }

@@ -16,7 +16,8 @@ from typing import Any
 from django.db.models import F
 
 from audit.models import AuditAction, AuditEntry
-from preferences import bulk
+from integrations.salesforce import sync as salesforce_sync
+from preferences.bulk import jobs as bulk
 from preferences.models import (
     BulkItem,
     BulkItemState,
@@ -25,7 +26,6 @@ from preferences.models import (
     Contact,
     ContactSync,
     SyncStatus,
-    SyncTarget,
 )
 from tests.reliability.conftest import (
     CeleryProcesses,
@@ -137,7 +137,7 @@ def test_a_bulk_opt_out_of_5000_with_the_worker_killed_half_way_applies_each_con
     # stand-in has each contact opted out, and one note Task per change.
     def behind() -> int:
         return (
-            ContactSync.objects.filter(target=SyncTarget.SALESFORCE)
+            ContactSync.objects.filter(target=salesforce_sync.TARGET)
             .exclude(status=SyncStatus.SYNCED, synced_version=F("contact__version"))
             .count()
         )
@@ -145,7 +145,7 @@ def test_a_bulk_opt_out_of_5000_with_the_worker_killed_half_way_applies_each_con
     wait_for(lambda: behind() == 0, 90, lambda: f"every contact synced; {behind()} behind")
     calls = standin.composite_calls()
     assert ContactSync.objects.filter(
-        target=SyncTarget.SALESFORCE, status=SyncStatus.SYNCED, synced_version=1
+        target=salesforce_sync.TARGET, status=SyncStatus.SYNCED, synced_version=1
     ).count() == (CONTACTS)
     remote = standin.contacts()
     assert all(remote[c.salesforce_id]["HasOptedOutOfEmail"] is True for c in contacts)

@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import F
 
 from audit.models import AuditAction, AuditEntry
+from integrations.marketing_cloud import sync as marketing_cloud_sync
 from preferences.models import (
     Contact,
     ContactSync,
@@ -22,7 +23,6 @@ from preferences.models import (
     ResubscribeState,
     SubscriberStatus,
     SyncStatus,
-    SyncTarget,
 )
 from preferences.services import apply_change
 from standins.marketing_cloud import MarketingCloudStandIn
@@ -30,7 +30,7 @@ from tests import factories
 from tests.reliability.conftest import CeleryProcesses, wait_for
 
 PARENT, ALUMNI, ATHLETICS = "510000001", "510000002", "510000003"
-MC = SyncTarget.MARKETING_CLOUD
+MC = marketing_cloud_sync.TARGET
 # Per contact, by i % 4: the statuses in Marketing Cloud, and the requests they need.
 SHAPES: list[dict[str, str]] = [
     {PARENT: "Active", ALUMNI: "Held"},  # active in the parent, held in a child

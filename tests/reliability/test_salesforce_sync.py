@@ -24,8 +24,8 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from audit.models import AuditAction, AuditEntry
-from preferences import sync
-from preferences.models import Contact, ContactSync, SyncStatus, SyncTarget
+from integrations.salesforce import sync
+from preferences.models import Contact, ContactSync, SyncStatus
 from preferences.services import apply_change, current_state
 from standins.salesforce import API_USER_ID, INTEGRATION_USER_ID
 from tests import factories
@@ -39,7 +39,7 @@ from tests.reliability.conftest import (
     wait_for,
 )
 
-SALESFORCE = SyncTarget.SALESFORCE
+SALESFORCE = sync.TARGET
 TASK_EXTERNAL_ID = "Preference_Change_Id__c"
 
 
@@ -142,7 +142,7 @@ def _count(process: CeleryProcess, pattern: str) -> int:
 
 
 SWEEP_SENT = r"Sending due task sweep-sync"
-PUSH_RECEIVED = r"Task preferences\.tasks\.push_to_salesforce\[[^\]]+\] received"
+PUSH_RECEIVED = r"Task integrations\.tasks\.push\[[^\]]+\] received"
 SYNC_PENDING_ON_PAGE = re.compile(r"<b>Salesforce</b>:\s*<span class=\"tag\">pending</span>")
 
 
@@ -517,7 +517,7 @@ def test_the_apps_own_stale_write_read_back_does_not_undo_a_newer_consented_reen
 
     def push() -> None:
         try:
-            sync.push_salesforce_batch()
+            sync.push_batch()
         finally:
             connection.close()
 

@@ -17,8 +17,10 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from lib.channels import Channel
+from lib.salesforce_ids import salesforce_id_18
 from preferences.management.commands.create_staff_user import create_staff_user
-from preferences.models import BusinessUnit, Channel, Contact, EmailCategory, salesforce_id_18
+from preferences.models import BusinessUnit, Contact, EmailCategory
 
 CATEGORIES = [
     ("newsletter", "Alumni newsletter", "Newsletter__c"),

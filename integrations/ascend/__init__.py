@@ -1,0 +1,1 @@
+"""Ascend, the advancement system of record: the nightly change file (export.py)."""

@@ -1,0 +1,1 @@
+"""Salesforce: the connector (client.py), the push and the inbound pull (sync.py)."""

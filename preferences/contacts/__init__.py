@@ -1,0 +1,1 @@
+"""Finding a contact, the contact page and its changes, and escalations to a manager."""

@@ -1,0 +1,263 @@
+"""Search, the contact page and its changes, and escalations."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db.models import Prefetch
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from audit.models import AuditAction, AuditEntry, Source
+from integrations import core
+from lib.access import HtmxHttpRequest, staff_view
+from lib.channels import Channel
+from preferences.contacts.forms import PreferencesForm, SearchForm
+from preferences.forms import NoteForm
+from preferences.models import (
+    SEARCH_LIMIT,
+    ChannelPreference,
+    Contact,
+    EmailCategory,
+    Escalation,
+    Subscription,
+    SyncStatus,
+)
+from preferences.resubscribe.views import marketing_cloud_context
+from preferences.services import (
+    ChangeRefused,
+    ConsentRequired,
+    PreferenceState,
+    StaleChange,
+    apply_change,
+    escalate,
+    resolve_escalation,
+)
+
+CONTACT_TEMPLATE = "preferences/contact_detail.html"
+
+
+@require_GET
+def home(request: HtmxHttpRequest) -> HttpResponse:
+    return redirect("preferences:search")
+
+
+@require_GET
+@staff_view("preferences.view_contact")
+def search(request: HtmxHttpRequest) -> HttpResponse:
+    form = SearchForm(request.GET)
+    query = form.data.get("q", "").strip() if form.is_valid() else ""
+    # No ORDER BY in the database: a common name fragment matches thousands of rows, and
+    # sorting them all would cost more than the index lookup. The page says when to refine.
+    found = list(Contact.objects.search(query)[: SEARCH_LIMIT + 1]) if query else []
+    found.sort(key=lambda c: (c.last_name.lower(), c.first_name.lower(), c.pk))
+    context = {
+        "form": form,
+        "query": query,
+        "contacts": found[:SEARCH_LIMIT],
+        "more": len(found) > SEARCH_LIMIT,
+        "limit": SEARCH_LIMIT,
+    }
+    template = "preferences/contact_search.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#results"
+    return render(request, template, context)
+
+
+def _suggested_categories(
+    history: list[AuditEntry], state: PreferenceState, categories: list[EmailCategory]
+) -> list[EmailCategory]:
+    """After an email re-enrolment, the categories the contact had before opting out.
+
+    Offered to the specialist to re-check, never ticked for them (docs/design.md, rule 4).
+    """
+    changes = [e for e in history if e.contact_version is not None]
+    if not changes or changes[0].action != AuditAction.RE_ENROLMENT:
+        return []
+    if Channel.EMAIL not in changes[0].channels or state.opted_out[Channel.EMAIL]:
+        return []
+    for entry in changes[1:]:
+        if entry.action == AuditAction.OPT_OUT and Channel.EMAIL in entry.channels:
+            before = set(entry.before.get("categories", []))
+            return [c for c in categories if c.key in before and c.key not in state.categories]
+    return []
+
+
+def _render_contact(
+    request: HtmxHttpRequest,
+    contact: Contact,
+    *,
+    form: PreferencesForm | None = None,
+    escalation_form: NoteForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    state = _state_of(contact)
+    categories = list(EmailCategory.objects.all())
+    names = {c.key: c.name for c in categories}
+    history = list(contact.audit_entries.select_related("consent")[:50])
+    for entry in history:
+        entry.change_lines = entry.describe_changes(names)  # type: ignore[attr-defined]
+    if form is None:
+        form = PreferencesForm(categories=categories, state=state, version=contact.version)
+    context = {
+        "contact": contact,
+        "banner": [p for p in contact.channel_preferences.all() if p.opted_out],
+        "state": state,
+        "form": form,
+        "escalation_form": escalation_form or NoteForm(),
+        "history": history,
+        "suggested": _suggested_categories(history, state, categories),
+        **_sync_context(contact),
+        **marketing_cloud_context(contact),
+        "escalations": [e for e in contact.escalations.all() if e.is_open],
+    }
+    template = CONTACT_TEMPLATE
+    if request.htmx and not request.htmx.boosted:
+        template += "#contact-main"
+    return render(request, template, context, status=status)
+
+
+def _contact(pk: int) -> Contact:
+    queryset = Contact.objects.prefetch_related(
+        Prefetch("channel_preferences", ChannelPreference.objects.select_related("changed_by")),
+        Prefetch("subscriptions", Subscription.objects.select_related("category")),
+        "syncs",
+        "escalations",
+    )
+    return get_object_or_404(queryset, pk=pk)
+
+
+@require_GET
+@staff_view("preferences.view_contact")
+def contact_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    return _render_contact(request, _contact(pk))
+
+
+@require_POST
+@staff_view("preferences.change_preferences")
+def contact_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    contact = _contact(pk)
+    categories = list(EmailCategory.objects.all())
+    page = _render_contact
+    form = PreferencesForm(
+        request.POST, categories=categories, state=_state_of(contact), version=contact.version
+    )
+    if not form.is_valid():
+        return page(request, contact, form=form, status=422)
+    try:
+        apply_change(
+            contact=contact,
+            actor=request.user,  # type: ignore[arg-type]
+            source=Source.STAFF,
+            note=form.cleaned_data["note"],
+            opt_out=form.opt_out(),
+            categories=form.cleaned_data["categories"],
+            consent=form.consent(),
+            expected_version=form.cleaned_data["version"],
+        )
+    except StaleChange as refused:
+        contact = _contact(pk)
+        # Keep everything the specialist typed; only the version moves on, so a deliberate
+        # resubmit after reading the current state goes through.
+        data = request.POST.copy()
+        data["version"] = str(contact.version)
+        form = PreferencesForm(
+            data, categories=categories, state=_state_of(contact), version=contact.version
+        )
+        form.is_valid()
+        form.add_error(None, str(refused))
+        return page(request, contact, form=form, status=409)
+    except ConsentRequired as refused:
+        form.add_error(None, str(refused))
+        for name in ("consent_method", "consent_obtained_at", "consent_attested"):
+            if not form.cleaned_data.get(name):
+                form.add_error(name, "Required to opt the contact back in.")
+        return page(request, contact, form=form, status=422)
+    except ChangeRefused as refused:
+        form.add_error(None, str(refused))
+        return page(request, contact, form=form, status=422)
+    messages.success(request, "Saved. The change will be sent to Salesforce and Ascend.")
+    if request.htmx:
+        return page(request, _contact(pk))
+    return redirect("preferences:contact", pk=pk)
+
+
+def _state_of(contact: Contact) -> PreferenceState:
+    preferences = {p.channel: p.opted_out for p in contact.channel_preferences.all()}
+    return PreferenceState(
+        {c: preferences.get(c, False) for c in Channel.values},
+        frozenset(s.category.key for s in contact.subscriptions.all()),
+        contact.email_bounced,
+    )
+
+
+@require_POST
+@staff_view("preferences.change_preferences")
+def contact_escalate(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    contact = _contact(pk)
+    form = NoteForm(request.POST)
+    if not form.is_valid():
+        return _render_contact(request, contact, escalation_form=form, status=422)
+    escalate(contact=contact, actor=request.user, note=form.cleaned_data["note"])  # type: ignore[arg-type]
+    messages.success(request, "Handed to a manager. Managers see it under Escalations.")
+    if request.htmx:
+        return _render_contact(request, _contact(pk))
+    return redirect("preferences:contact", pk=pk)
+
+
+@require_GET
+@staff_view("preferences.resolve_escalation")
+def escalation_list(request: HtmxHttpRequest) -> HttpResponse:
+    escalations = Escalation.objects.open().select_related("contact", "raised_by")
+    return render(
+        request,
+        "preferences/escalation_list.html",
+        {"escalations": escalations, "form": NoteForm()},
+    )
+
+
+@require_POST
+@staff_view("preferences.resolve_escalation")
+def escalation_resolve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    escalation = get_object_or_404(Escalation, pk=pk)
+    form = NoteForm(request.POST)
+    if form.is_valid():
+        try:
+            resolve_escalation(
+                escalation_id=escalation.pk,
+                actor=request.user,  # type: ignore[arg-type]
+                note=form.cleaned_data["note"],
+            )
+        except ChangeRefused as refused:
+            messages.error(request, str(refused))
+        else:
+            messages.success(request, f"Escalation for {escalation.contact} resolved.")
+    else:
+        messages.error(request, "Write a note saying how the request was resolved.")
+    return redirect("preferences:escalations")
+
+
+def _sync_context(contact: Contact) -> dict[str, object]:
+    """Each registered target's mark for the contact, and whether the page should poll."""
+    syncs = {s.target: s for s in contact.syncs.all()}
+    rows = [(target, syncs.get(target.name)) for target in core.targets()]
+    return {
+        "syncs": rows,
+        # A target waiting for configuration would keep the page polling forever.
+        "sync_pending": any(
+            s is not None and s.status == SyncStatus.PENDING and not target.waiting
+            for target, s in rows
+        ),
+    }
+
+
+@require_GET
+@staff_view("preferences.view_contact")
+def contact_sync(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The per-target sync state; the page polls it while something is pending."""
+    contact = get_object_or_404(Contact.objects.prefetch_related("syncs"), pk=pk)
+    return render(
+        request,
+        "preferences/contact_detail.html#sync",
+        {"contact": contact, **_sync_context(contact)},
+    )
