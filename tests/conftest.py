@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pgtrigger
@@ -22,6 +23,19 @@ def _fixture_teardown_allowing_audit_truncate(self: TransactionTestCase) -> None
 
 
 TransactionTestCase._fixture_teardown = _fixture_teardown_allowing_audit_truncate  # type: ignore[attr-defined]
+
+# Every test in these directories carries the marker, so `-m "not browser and not
+# reliability"` (./scripts/test --quick) leaves them out however a new file is written.
+_MARKED_DIRECTORIES = {"browser": pytest.mark.browser, "reliability": pytest.mark.reliability}
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        directory = item.path.relative_to(_TESTS).parts[0]
+        if marker := _MARKED_DIRECTORIES.get(directory):
+            item.add_marker(marker)
+
 
 PASSWORD = "a-long-test-password-2026"
 ROLES = ("specialist", "manager", "system")
