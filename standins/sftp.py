@@ -44,6 +44,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from standins.common.faults import FaultBook, FaultRule
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_USERNAME = "ascend"
@@ -258,7 +260,7 @@ class SftpStandIn:
         self.client_key_path = self.key_dir / CLIENT_KEY_FILE
         self.client_key = ensure_key(self.client_key_path)
         self.logins = 0
-        self._faults: dict[str, int] = {}
+        self._faults = FaultBook(FaultRule, FAULTS)
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
@@ -330,19 +332,14 @@ class SftpStandIn:
         half-way through a write)."""
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULTS)}")
-        with self._lock:
-            self._faults[kind] = self._faults.get(kind, 0) + times
+        self._faults.add(kind, times=times)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
     def take_fault(self, kind: Fault) -> bool:
-        with self._lock:
-            if self._faults.get(kind, 0) > 0:
-                self._faults[kind] -= 1
-                return True
-            return False
+        # SFTP operations have no path worth matching: a rule of the kind is enough.
+        return self._faults.take((kind,), "") is not None
 
     # -- serving -----------------------------------------------------------------------------
 

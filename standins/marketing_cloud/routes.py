@@ -1,0 +1,310 @@
+"""The protocol: the OAuth 2.0 client-credentials token endpoint (``POST /v2/token``, JSON)
+and the SOAP API (``POST /Service.asmx``): Retrieve and Update of Subscriber."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from lxml import etree
+
+from standins.common.faults import DELAY_KINDS, FaultBook, FaultRule
+from standins.common.http import Reply
+from standins.marketing_cloud.faults import (
+    EXPIRE_TOKENS,
+    HTTP_KINDS,
+    SOAP_KINDS,
+    MarketingCloudFault,
+    fault_reply,
+)
+from standins.marketing_cloud.soap import (
+    PARTNER_API,
+    SOAP_PATH,
+    SUBSCRIBER_PROPERTIES,
+    XSI,
+    SoapFault,
+    envelope,
+    filter_keys,
+    html_reply,
+    local_name,
+    parse_soap,
+    partner,
+    q,
+    subscriber_result,
+    text_of,
+    xml_reply,
+    xsi_type,
+)
+from standins.marketing_cloud.store import SETTABLE_STATUSES, SubscriberStore
+
+TOKEN_PATH = "/v2/token"  # noqa: S105 (a path, not a password)
+TOKEN_LIFETIME = 1079  # seconds, what Marketing Cloud's v2 tokens say in expires_in
+
+
+def _refuse_token(status: int, error: str, description: str) -> Reply:
+    payload = {
+        "error": error,
+        "error_description": description,
+        "error_uri": "https://developer.salesforce.com/docs",
+    }
+    return Reply(status, payload)
+
+
+class Account(Protocol):
+    """What the routes work with: the MarketingCloudStandIn's parts and settings."""
+
+    client_id: str
+    client_secret: str
+    token_lifetime: float
+    store: SubscriberStore
+    faults: FaultBook[MarketingCloudFault]
+
+    @property
+    def url(self) -> str: ...
+
+    def hold(self, delay: FaultRule | None) -> bool: ...
+
+    def mark_changed(self) -> None: ...
+
+
+class MarketingCloudRoutes:
+    """Answers the token endpoint and the SOAP API, and keeps the tokens it issued (a
+    reset keeps them, so a worker holding one carries on)."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.store = account.store
+        self._tokens: dict[str, tuple[str, float]] = {}  # token -> (MID, monotonic expiry)
+
+    def expire_tokens(self) -> None:
+        with self.store.lock:
+            self._tokens.clear()
+
+    def serve(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply | None:
+        """Answer one request outside the control API; None: drop it (stopping)."""
+        if path == TOKEN_PATH:
+            return self._token_endpoint(method, path, body)
+        if path.rstrip("/").lower() == SOAP_PATH.lower():
+            return self._soap_endpoint(method, SOAP_PATH, headers, body)
+        return html_reply(404, "404 - File or directory not found.")
+
+    def _take(
+        self, kinds: frozenset[str], path: str, action: str = "", mids: Sequence[str] = ()
+    ) -> MarketingCloudFault | None:
+        return self.account.faults.take(kinds, path, lambda rule: rule.concerns(action, mids))
+
+    # -- the token endpoint ------------------------------------------------------------------
+
+    def _token_endpoint(self, method: str, path: str, body: bytes) -> Reply | None:
+        account, store = self.account, self.store
+        try:
+            form = json.loads(body) if body else {}
+        except ValueError:
+            form = None
+        account_id = str(form.get("account_id") or "") if isinstance(form, dict) else ""
+        with store.lock:
+            store.log.append(("token", account_id))
+            delay = self._take(DELAY_KINDS, path)
+        if account.hold(delay):
+            return None
+        with store.lock:
+            fault = self._take(HTTP_KINDS, path)
+            if fault is not None:
+                return fault_reply(fault.kind, account.url)
+            store.token_calls += 1
+
+        if method != "POST":
+            return _refuse_token(405, "invalid_request", "The token endpoint takes POST only.")
+        if not isinstance(form, dict):
+            return _refuse_token(400, "invalid_request", "The request body is not a JSON object.")
+        if form.get("grant_type") != "client_credentials":
+            return _refuse_token(
+                400, "unsupported_grant_type", "Use grant_type client_credentials."
+            )
+        client_id, client_secret = (
+            str(form.get("client_id", "")),
+            str(form.get("client_secret", "")),
+        )
+        if not (
+            hmac.compare_digest(client_id.encode(), account.client_id.encode())
+            and hmac.compare_digest(client_secret.encode(), account.client_secret.encode())
+        ):
+            return _refuse_token(
+                401,
+                "invalid_client",
+                "Client authentication failed. Make sure that the client ID and client "
+                "secret are valid.",
+            )
+        mid = account_id or store.parent_mid
+        if mid not in store.mids:
+            return _refuse_token(
+                403, "unauthorized_client", f"The package is not installed in account {mid}."
+            )
+        token = secrets.token_urlsafe(48)
+        with store.lock:
+            now = time.monotonic()
+            self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
+            self._tokens[token] = (mid, now + account.token_lifetime)
+        return Reply(
+            200,
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": int(account.token_lifetime),
+                "scope": "email_read list_and_subscribers_read list_and_subscribers_write",
+                "soap_instance_url": account.url + "/",
+                "rest_instance_url": account.url + "/",
+            },
+        )
+
+    # -- the SOAP API ------------------------------------------------------------------------
+
+    def _soap_endpoint(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply | None:
+        account, store = self.account, self.store
+        if method != "POST":
+            return html_reply(405, "405 - HTTP verb used to access this page is not allowed.")
+        try:
+            request = parse_soap(headers, body)
+        except SoapFault as unreadable:
+            with store.lock:
+                store.log.append(("?", ""))
+            return unreadable.reply(account.url)
+        with store.lock:
+            token_mid = self._tokens.get(request.token, ("", 0.0))[0]
+            mids = request.mids or ((token_mid,) if token_mid else ())
+            store.log.extend((request.action, mid) for mid in mids or ("",))
+            delay = self._take(DELAY_KINDS, path, request.action, mids)
+        if account.hold(delay):
+            return None
+        with store.lock:
+            if self._take(EXPIRE_TOKENS, path, request.action, mids):
+                self._tokens.clear()
+            entry = self._tokens.get(request.token)
+            if entry is None or entry[1] <= time.monotonic():
+                return SoapFault("Security", "Login Failed").reply(account.url)
+            injected = self._take(HTTP_KINDS | SOAP_KINDS, path, request.action, mids)
+            if injected is not None:
+                return fault_reply(injected.kind, account.url)
+            store.api_calls += 1
+            try:
+                if request.action == "Retrieve":
+                    answer = self._retrieve(request.operation, entry[0])
+                else:
+                    answer = self._update(request.operation, entry[0])
+                    account.mark_changed()
+            except SoapFault as refusal:
+                return refusal.reply(account.url)
+        return xml_reply(200, envelope(answer, request))
+
+    def _accessible(self, token_mid: str) -> tuple[str, ...]:
+        # A token for the parent reaches every business unit; one for a child, that child.
+        return self.store.mids if token_mid == self.store.parent_mid else (token_mid,)
+
+    def _retrieve(self, operation: etree._Element, token_mid: str) -> etree._Element:
+        answer = etree.Element(q(PARTNER_API, "RetrieveResponseMsg"), nsmap={None: PARTNER_API})
+
+        def error(message: str) -> etree._Element:
+            partner(answer, "OverallStatus", f"Error: {message}")
+            partner(answer, "RequestID", str(uuid.uuid4()))
+            return answer
+
+        request = operation.find(q(PARTNER_API, "RetrieveRequest"))
+        if request is None:
+            raise SoapFault("Client", "RetrieveRequest is required")
+        object_type = text_of(request.find(q(PARTNER_API, "ObjectType")))
+        if object_type != "Subscriber":
+            return error(f"The stand-in retrieves Subscriber only, not {object_type!r}")
+        properties = [text_of(p) for p in request.findall(q(PARTNER_API, "Properties"))]
+        unknown = [name for name in properties if name not in SUBSCRIBER_PROPERTIES]
+        if not properties or unknown:
+            return error(
+                f"The Request Property(s) {', '.join(unknown) or '(none)'} do not match with "
+                "the fields of Subscriber retrieve"
+            )
+        accessible = self._accessible(token_mid)
+        client_ids = [
+            text_of(client.find(q(PARTNER_API, "ClientID")))
+            for client in request.findall(q(PARTNER_API, "ClientIDs"))
+        ]
+        if client_ids:
+            refused = [mid for mid in client_ids if mid not in accessible]
+            if refused:
+                return error(f"Invalid ClientID: {', '.join(refused)} is not accessible")
+            mids = list(dict.fromkeys(client_ids))
+        elif text_of(request.find(q(PARTNER_API, "QueryAllAccounts"))).lower() == "true":
+            mids = list(accessible)
+        else:
+            mids = [token_mid]
+        keys = filter_keys(request.find(q(PARTNER_API, "Filter")))
+        if isinstance(keys, str):
+            return error(keys)
+
+        partner(answer, "OverallStatus", "OK")
+        partner(answer, "RequestID", str(uuid.uuid4()))
+        records = self.store.records
+        for mid in mids:
+            if keys is None:
+                found = sorted(key for (m, key) in records if m == mid)
+            else:
+                found = [key for key in keys if (mid, key) in records]
+            for key in found:
+                subscriber_result(answer, records[(mid, key)], properties)
+        return answer
+
+    def _update(self, operation: etree._Element, token_mid: str) -> etree._Element:
+        if local_name(operation.tag) != "UpdateRequest":
+            raise SoapFault("Client", "UpdateRequest is required")
+        answer = etree.Element(q(PARTNER_API, "UpdateResponse"), nsmap={None: PARTNER_API})
+        accessible = self._accessible(token_mid)
+        outcomes = []
+        for ordinal, item in enumerate(operation.findall(q(PARTNER_API, "Objects"))):
+            result = partner(answer, "Results")
+            mid = text_of(item.find(f"{q(PARTNER_API, 'Client')}/{q(PARTNER_API, 'ID')}"))
+            mid = mid or token_mid
+            key = text_of(item.find(q(PARTNER_API, "SubscriberKey")))
+            wanted = text_of(item.find(q(PARTNER_API, "Status")))
+            record = self.store.records.get((mid, key))
+            if xsi_type(item) != "Subscriber":
+                problem = "The stand-in updates Subscriber objects only"
+            elif mid not in accessible:
+                problem = f"Invalid ClientID: {mid} is not accessible"
+            elif not key:
+                problem = "SubscriberKey is required"
+            elif wanted not in SETTABLE_STATUSES:
+                problem = f"Status must be one of {', '.join(SETTABLE_STATUSES)}"
+            elif record is None or record["status"] == "Deleted":
+                problem = f"Subscriber {key} does not exist in business unit {mid}"
+            else:
+                problem = ""
+                self.store.write(mid, key, wanted, None)
+            outcomes.append(not problem)
+            partner(result, "StatusCode", "Error" if problem else "OK")
+            partner(result, "StatusMessage", problem or "Updated Subscriber.")
+            partner(result, "OrdinalID", str(ordinal))
+            if problem:
+                partner(result, "ErrorCode", "12000")
+            obj = partner(result, "Object")
+            obj.set(q(XSI, "type"), "Subscriber")
+            client = partner(obj, "Client")
+            partner(client, "ID", mid)
+            partner(obj, "SubscriberKey", key)
+            if not problem:
+                partner(obj, "Status", wanted)
+        partner(answer, "RequestID", str(uuid.uuid4()))
+        if not outcomes:
+            overall = "Error: no Objects to update"
+        elif all(outcomes):
+            overall = "OK"
+        else:
+            overall = "Has Errors" if any(outcomes) else "Error"
+        partner(answer, "OverallStatus", overall)
+        return answer
