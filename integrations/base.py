@@ -99,6 +99,27 @@ def network_error(exc: OSError, *, system: str, ca_setting: str) -> ConnectorErr
     return TransientError("CONNECTION_ERROR", f"could not reach {system} ({type(exc).__name__})")
 
 
+def token_answer(
+    response: requests.Response,
+    classify: Callable[[int | None, str | None], type[ConnectorError]],
+    *,
+    refused: str,
+) -> dict[str, Any]:
+    """The JSON body of an OAuth 2.0 token endpoint's answer; a refusal (its ``error`` and
+    ``error_description``, RFC 6749 section 5.2) is raised as the connector classifies it."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if response.status_code != 200:
+        code = str(body.get("error") or f"HTTP_{response.status_code}")
+        message = str(body.get("error_description") or response.reason or refused)
+        raise classify(response.status_code, code)(code, message, response.status_code)
+    return body
+
+
 class TimeoutSession(requests.Session):
     """Every request gets the configured timeouts and CA bundle.
 

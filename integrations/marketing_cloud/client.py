@@ -289,16 +289,7 @@ class MarketingCloudClient:
             )
         except OSError as exc:  # requests' own errors included
             raise _network_error(exc) from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
-        if response.status_code != 200:
-            code = str(body.get("error") or f"HTTP_{response.status_code}")
-            message = str(body.get("error_description") or response.reason or "token refused")
-            raise classify(response.status_code, code)(code, message, response.status_code)
+        body = base.token_answer(response, classify, refused="token refused")
         access_token, soap_url = body.get("access_token"), body.get("soap_instance_url")
         if not isinstance(access_token, str) or not access_token or not isinstance(soap_url, str):
             raise TransientError("INVALID_RESPONSE", "the token response lacks a token")

@@ -305,16 +305,7 @@ class SalesforceClient:
             )
         except OSError as exc:  # requests' own errors included
             raise _network_error(exc) from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
-        if response.status_code != 200:
-            code = str(body.get("error") or f"HTTP_{response.status_code}")
-            message = str(body.get("error_description") or response.reason or "login refused")
-            raise classify(response.status_code, code)(code, message, response.status_code)
+        body = base.token_answer(response, classify, refused="login refused")
         token, instance_url = body.get("access_token"), body.get("instance_url")
         if not isinstance(token, str) or not token or not isinstance(instance_url, str):
             raise PermanentError("INVALID_RESPONSE", "the token response lacks a token")

@@ -37,9 +37,7 @@ class EchoSystem:
         token, rows = core.claim(NAME, 10, now)
         outcome = core.BatchOutcome(claimed=len(rows))
         versions = dict(
-            Contact.objects.filter(pk__in=[r.contact_id for r in rows]).values_list(
-                "pk", "version"
-            )
+            Contact.objects.filter(pk__in=[r.contact_id for r in rows]).values_list("pk", "version")
         )
         if self.refuse:
             for row in rows:

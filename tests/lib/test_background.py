@@ -51,10 +51,13 @@ def test_work_is_asked_for_only_once_the_transaction_commits(
 def test_work_asked_for_in_a_rolled_back_transaction_is_never_sent(
     sent, django_capture_on_commit_callbacks
 ):
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with pytest.raises(ZeroDivisionError), transaction.atomic():
-            background.after_commit("some.task", [7])
-            1 / 0  # noqa: B018
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(ZeroDivisionError),
+        transaction.atomic(),
+    ):
+        background.after_commit("some.task", [7])
+        1 / 0  # noqa: B018
 
     assert callbacks == []
     assert sent == []
