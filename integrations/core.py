@@ -9,9 +9,10 @@ the outcome here. Repeats are harmless and order cannot invert, so a worker that
 mid-batch only leaves its claim to expire, and the sweeper re-queues whatever is behind: a
 lost message delays a change but never loses it.
 
-A target registers once (its package's AppConfig.ready()), the way healthchecks maps a kind
-to its transport; views, the sweeper, retry and the contact page read the registry instead
-of naming targets.
+Each outside system is an app under integrations/ whose sync.py registers its target once;
+autodiscover() imports those modules when the app is ready, as Django's admin imports each
+app's admin.py. Views, the sweeper, retry and the contact page read the registry instead of
+naming targets.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import import_module
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -31,6 +34,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Greatest
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils import timezone
+from django.utils.module_loading import module_has_submodule
 
 from audit.models import AuditAction
 from audit.services import record
@@ -93,6 +97,16 @@ class Target:
 
 
 _registry: dict[str, Target] = {}
+
+
+def autodiscover() -> None:
+    """Import the sync module of every installed integration (integrations.<name>), in
+    INSTALLED_APPS order, which registers its target."""
+    for config in apps.get_app_configs():
+        if config.name.startswith(f"{__package__}.") and module_has_submodule(
+            config.module, "sync"
+        ):
+            import_module(f"{config.name}.sync")
 
 
 def register(target: Target) -> None:

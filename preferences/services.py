@@ -76,6 +76,10 @@ class PreferenceState:
     categories: frozenset[str] = field(default_factory=frozenset)
     bounced: bool = False
 
+    @property
+    def any_opted_out(self) -> bool:
+        return any(self.opted_out.values())
+
     def as_json(self) -> dict[str, object]:
         return {
             "opted_out": {channel: self.opted_out[channel] for channel in Channel.values},

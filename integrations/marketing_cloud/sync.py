@@ -201,15 +201,15 @@ def _record_lookup(
     return sum(request is not None for request in opened)
 
 
-def register() -> None:
-    core.register(
-        core.Target(
-            name=TARGET,
-            label="Marketing Cloud",
-            enabled_setting="MARKETING_CLOUD_ENABLED",
-            push=check_batch,
-            batch_size=BATCH,
-            pending_hint="subscriber lookup if re-enrolled",
-            disabled_hint="Marketing Cloud is not connected: checks wait",
-        )
+# Registered when the sync core discovers this module (integrations/core.py).
+core.register(
+    core.Target(
+        name=TARGET,
+        label="Marketing Cloud",
+        enabled_setting="MARKETING_CLOUD_ENABLED",
+        push=check_batch,
+        batch_size=BATCH,
+        pending_hint="subscriber lookup if re-enrolled",
+        disabled_hint="Marketing Cloud is not connected: checks wait",
     )
+)

@@ -307,13 +307,13 @@ def _record_refusal(row: ContactSync, token: Any, error: str, now: datetime) -> 
     )
 
 
-def register() -> None:
-    core.register(
-        core.Target(
-            name=TARGET,
-            label="Salesforce",
-            enabled_setting="SALESFORCE_ENABLED",
-            push=push_batch,
-            batch_size=MAX_RECORDS,
-        )
+# Registered when the sync core discovers this module (integrations/core.py).
+core.register(
+    core.Target(
+        name=TARGET,
+        label="Salesforce",
+        enabled_setting="SALESFORCE_ENABLED",
+        push=push_batch,
+        batch_size=MAX_RECORDS,
     )
+)

@@ -25,7 +25,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 
 from audit.models import AuditAction, AuditEntry
-from integrations.ascend import export as ascend
+from integrations.ascend import sync as ascend
 from preferences.models import AscendRun, Contact
 from preferences.services import CHANGE_WINDOW_LOCK, apply_change
 from standins.sftp import SftpStandIn, running_sftp_standin
@@ -577,7 +577,7 @@ def test_command_prints_the_run_and_reruns_by_id(contact, specialist, dirs):
 
 
 def test_a_delivered_run_marks_its_contacts_sent_to_ascend(tmp_path, settings, contact, specialist):
-    from integrations.ascend import export as ascend
+    from integrations.ascend import sync as ascend
     from preferences.models import ContactSync
 
     settings.ASCEND_DESTINATION = str(tmp_path)

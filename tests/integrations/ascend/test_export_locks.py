@@ -18,7 +18,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 
-from integrations.ascend import export as ascend
+from integrations.ascend import sync as ascend
+from integrations.ascend.client import DirectoryDestination
 from lib.locks import AdvisoryLock
 from preferences.models import Contact
 from preferences.services import apply_change
@@ -81,7 +82,7 @@ class _HeldUpload:
     the middle of its run (its lock held) for as long as the test needs."""
 
     def __init__(self, directory: Path) -> None:
-        self.inner = ascend.DirectoryDestination(directory)
+        self.inner = DirectoryDestination(directory)
         self.uploading = threading.Event()
         self.finish = threading.Event()
 
@@ -136,7 +137,7 @@ def test_changes_commit_while_the_export_uploads(
     first = exporter.result
     assert first.delivered_at is not None
     assert change.result.id > first.up_to_id  # committed after the window was read
-    monkeypatch.setattr(ascend, "destination", lambda: ascend.DirectoryDestination(dirs.dropbox))
+    monkeypatch.setattr(ascend, "destination", lambda: DirectoryDestination(dirs.dropbox))
     second = ascend.export()
     assert change.result.id in _keys(second, dirs)  # the next night carries it
 

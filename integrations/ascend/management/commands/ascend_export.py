@@ -3,7 +3,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.ascend.export import AscendExportError, describe_run, export
+from integrations.ascend.client import AscendExportError
+from integrations.ascend.sync import describe_run, export
 from preferences.models import AscendRun
 
 
