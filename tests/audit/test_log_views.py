@@ -243,7 +243,7 @@ def test_date_range_keeps_an_entry_that_committed_late(manager_client):
         ({"start": "2026-03-10", "end": "2026-03-01"}, "The end date is before the start date."),
         ({"kind": "everything"}, "Select a valid choice."),
         ({"source": "fax"}, "Select a valid choice."),
-        ({"channel": "sms"}, "Select a valid choice."),
+        ({"channel": "carrier-pigeon"}, "Select a valid choice."),
         ({"actor": "999999"}, "Select a valid choice."),
         ({"actor": "bob"}, "Select a valid choice."),
         ({"after": "abc"}, "Enter a whole number."),

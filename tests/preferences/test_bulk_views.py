@@ -220,7 +220,7 @@ def test_a_file_that_cannot_be_read_is_refused_with_a_message(manager_client, ca
         ({"channel": "email"}, "Choose at least one filter"),
         ({"channel": "email", "country": "France"}, "Ensure this value has at most 2"),
         ({"channel": "email", "country": "F1"}, "Two letters"),
-        ({"channel": "sms", "country": "FR"}, "Select a valid choice"),
+        ({"channel": "carrier-pigeon", "country": "FR"}, "Select a valid choice"),
     ],
 )
 def test_a_form_without_a_usable_selection_is_refused(manager_client, categories, data, message):
