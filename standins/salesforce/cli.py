@@ -31,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--auto-create", action="store_true", help="create unknown contacts on first update"
     )
+    parser.add_argument(
+        "--no-version-rule",
+        dest="version_rule",
+        action="store_false",
+        help="run an org without the Preference_Version_Not_Older validation rule",
+    )
+    parser.add_argument(
+        "--bulk-in-progress-polls",
+        type=int,
+        default=0,
+        help="status reads a Bulk API query job answers InProgress before it completes",
+    )
     args = parse_arguments(parser, argv)
 
     # The secret comes from the environment only (a command line is visible to every user);
@@ -48,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         page_size=args.page_size,
         api_allowance=args.api_allowance,
         auto_create=args.auto_create,
+        version_rule=args.version_rule,
+        bulk_in_progress_polls=args.bulk_in_progress_polls,
         state_file=state_file,
         cert_dir=cert_dir,
     )

@@ -3,7 +3,13 @@ process, and ``standin_process`` to run one there.
 
 Beyond the common endpoints: ``POST rejections``, ``POST contacts``, ``GET contacts/<id>``,
 ``POST contacts/<id>/external-update``, ``POST contacts/<id>/delete``, ``GET tasks``,
-``POST expire-sessions`` and ``POST config`` (page size, auto-create, API usage).
+``POST expire-sessions`` and ``POST config`` (page size, auto-create, API usage, the
+validation rule ``version_rule``, ``bulk_in_progress_polls``).
+
+``POST contacts`` takes ``{"contacts": [{field: value}, ...]}``, or a data load's compact
+form ``{"fields": [name, ...], "rows": [[value, ...], ...]}`` (one list of values per
+contact, in the order of ``fields``), which the client sends: a million contacts are then a
+JSON array of arrays, not a million objects repeating every field name.
 """
 
 from __future__ import annotations
@@ -44,7 +50,12 @@ class Org(Controllable, Protocol):
     def expire_sessions(self) -> None: ...
 
     def configure(
-        self, *, page_size: int | None = None, auto_create: bool | None = None
+        self,
+        *,
+        page_size: int | None = None,
+        auto_create: bool | None = None,
+        version_rule: bool | None = None,
+        bulk_in_progress_polls: int | None = None,
     ) -> None: ...
 
     def set_api_usage(self, used: int | None = None, allowance: int | None = None) -> None: ...
@@ -68,6 +79,10 @@ class SalesforceControl(ControlAPI):
                 )
                 return Reply(204)
             case ["POST", "contacts"]:
+                if "rows" in data:
+                    names = [str(name) for name in data["fields"]]
+                    records = (dict(zip(names, row, strict=True)) for row in data["rows"])
+                    return Reply(201, {"ids": standin.add_contacts(records)})
                 return Reply(201, {"ids": standin.add_contacts(data["contacts"])})
             case ["GET", "contacts", contact_id]:
                 record = standin.contact(contact_id)
@@ -84,9 +99,12 @@ class SalesforceControl(ControlAPI):
                 standin.expire_sessions()
                 return Reply(204)
             case ["POST", "config"]:
+                polls = data.get("bulk_in_progress_polls")
                 standin.configure(
                     page_size=int(data["page_size"]) if "page_size" in data else None,
                     auto_create=bool(data["auto_create"]) if "auto_create" in data else None,
+                    version_rule=bool(data["version_rule"]) if "version_rule" in data else None,
+                    bulk_in_progress_polls=int(polls) if polls is not None else None,
                 )
                 standin.set_api_usage(data.get("api_used"), data.get("api_allowance"))
                 return Reply(204)
@@ -121,7 +139,24 @@ class SalesforceStandInClient(StandInClient):
         return self.add_contacts([fields])[0]
 
     def add_contacts(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
-        payload = {"contacts": [dict(r) for r in records]}
+        # The compact form, one list of values per contact; records with different fields
+        # go as separate loads, each field as given (a missing one is not sent as null).
+        ids: list[str] = []
+        batch: list[list[Any]] = []
+        fields: tuple[str, ...] | None = None
+        for record in records:
+            keys = tuple(record)
+            if keys != fields and batch:
+                ids += self._load(fields or (), batch)
+                batch = []
+            fields = keys
+            batch.append(list(record.values()))
+        if batch:
+            ids += self._load(fields or (), batch)
+        return ids
+
+    def _load(self, fields: tuple[str, ...], rows: list[list[Any]]) -> list[str]:
+        payload = {"fields": list(fields), "rows": rows}
         return list(self._request("POST", "contacts", payload)["ids"])
 
     def contact(self, contact_id: str) -> dict[str, Any] | None:
@@ -156,13 +191,30 @@ class SalesforceStandInClient(StandInClient):
         }
         self._request("POST", "config", payload)
 
-    def configure(self, *, page_size: int | None = None, auto_create: bool | None = None) -> None:
-        payload = {
-            key: value
-            for key, value in (("page_size", page_size), ("auto_create", auto_create))
-            if value is not None
+    def configure(
+        self,
+        *,
+        page_size: int | None = None,
+        auto_create: bool | None = None,
+        version_rule: bool | None = None,
+        bulk_in_progress_polls: int | None = None,
+    ) -> None:
+        options = {
+            "page_size": page_size,
+            "auto_create": auto_create,
+            "version_rule": version_rule,
+            "bulk_in_progress_polls": bulk_in_progress_polls,
         }
+        payload = {key: value for key, value in options.items() if value is not None}
         self._request("POST", "config", payload)
+
+    def set_version_rule(self, installed: bool) -> None:
+        """Install (True) or remove (False) the org's ``Preference_Version_Not_Older`` rule."""
+        self.configure(version_rule=installed)
+
+    @property
+    def version_rule(self) -> bool:
+        return bool(self.state(records=False)["version_rule"])
 
     @property
     def api_usage(self) -> tuple[int, int]:

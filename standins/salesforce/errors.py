@@ -12,14 +12,20 @@ from standins.salesforce.store import RecordError
 class Refusal(Exception):
     """An error answer to a whole call, raised anywhere a request is being answered."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, fields: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.fields = fields  # named only where Salesforce names them (a validation rule)
 
     def reply(self) -> Reply:
-        return Reply(self.status, [{"message": self.message, "errorCode": self.code}])
+        error: dict[str, Any] = {"message": self.message, "errorCode": self.code}
+        if self.fields is not None:
+            error["fields"] = self.fields
+        return Reply(self.status, [error])
 
 
 NOT_FOUND = (404, "NOT_FOUND", "The requested resource does not exist")

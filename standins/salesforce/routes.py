@@ -2,8 +2,10 @@
 
 Each request is logged and may meet a fault; then it goes to the token endpoint or through
 the API's gate (a live session, the daily allowance), and on to its route: sObject Contact
-and Task, sObject Collections, composite, and the queries (``query.py``). Requests are
-applied one at a time under the store's lock, so every call is atomic.
+and Task, sObject Collections, composite, the queries (``query.py``) and the Bulk API 2.0
+query jobs (``bulk.py``). Requests are applied one at a time under the store's lock, so
+every call is atomic. Contact updates meet the org's validation rule when it is installed
+(``rules.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from standins.common.faults import DELAY_KINDS, FaultBook, FaultRule
 from standins.common.http import Reply
+from standins.salesforce.bulk import BulkQueries
 from standins.salesforce.errors import (
     HALTED,
     NOT_FOUND,
@@ -33,7 +36,14 @@ from standins.salesforce.faults import (
 )
 from standins.salesforce.oauth import TOKEN_PATH, OAuth
 from standins.salesforce.query import Queries, contact_row
-from standins.salesforce.store import API_USER_ID, RecordError, SalesforceStore, normalize_id
+from standins.salesforce.rules import version_rule_error
+from standins.salesforce.store import (
+    API_USER_ID,
+    VERSION_FIELD,
+    RecordError,
+    SalesforceStore,
+    normalize_id,
+)
 
 API_VERSION = "v60.0"
 MAX_RECORDS = 200  # sObject Collections
@@ -88,6 +98,8 @@ class Org(Protocol):
     oauth: OAuth
     page_size: int
     auto_create: bool
+    version_rule: bool
+    bulk_in_progress_polls: int
 
     def hold(self, delay: FaultRule | None) -> bool: ...
 
@@ -99,6 +111,7 @@ class SalesforceRoutes:
         self.org = org
         self.store = org.store
         self.queries = Queries(org.store)
+        self.bulk = BulkQueries(org.store)
 
     def serve(
         self,
@@ -207,6 +220,21 @@ class SalesforceRoutes:
             case ["query" | "queryAll" as endpoint, locator]:
                 _allow(method, "GET")
                 return self.queries.query_more(locator, endpoint, version, self.org.page_size)
+            case ["jobs", "query"] if not nested:
+                _allow(method, "GET", "POST")
+                if method == "GET":
+                    return self.bulk.all_jobs()
+                return self.bulk.create(payload, version, self.org.bulk_in_progress_polls)
+            case ["jobs", "query", job_id] if not nested:
+                _allow(method, "GET", "PATCH", "DELETE")
+                if method == "GET":
+                    return self.bulk.info(job_id)
+                if method == "PATCH":
+                    return self.bulk.abort(job_id, payload)
+                return self.bulk.delete(job_id)
+            case ["jobs", "query", job_id, "results"] if not nested:
+                _allow(method, "GET")
+                return self.bulk.results(job_id, params)
         raise Refusal(*NOT_FOUND)
 
     # -- contacts ----------------------------------------------------------------------------
@@ -227,9 +255,11 @@ class SalesforceRoutes:
         key = normalize_id(contact_id)
         error = self._contact_error(key or contact_id, payload)
         if error is not None:
-            code, message, _fields = error
+            code, message, fields = error
             status = 404 if code in ("NOT_FOUND", "ENTITY_IS_DELETED") else 400
-            raise Refusal(status, code, message)
+            # A validation rule's error names its error location, as Salesforce's does.
+            named = fields if code == "FIELD_CUSTOM_VALIDATION_EXCEPTION" else None
+            raise Refusal(status, code, message, named)
         assert key is not None
         store = self.store
         store.write_contact(key, store.canonical(payload), store.next_stamp(), API_USER_ID)
@@ -280,7 +310,10 @@ class SalesforceRoutes:
             return ("NOT_FOUND", "The requested resource does not exist", [])
         if record is not None and record["IsDeleted"]:
             return ("ENTITY_IS_DELETED", "entity is deleted", [])
-        return self.store.field_error(fields)
+        error = self.store.field_error(fields)
+        if error is None and self.org.version_rule:
+            error = version_rule_error(record, fields, self.store.field_name(VERSION_FIELD))
+        return error
 
     # -- tasks -------------------------------------------------------------------------------
 

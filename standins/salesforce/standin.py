@@ -13,6 +13,7 @@ from standins.common.control import DEFAULT_CLIENT_ID
 from standins.common.faults import FaultBook
 from standins.common.http import Reply, StandInHandler
 from standins.common.standin import HttpStandIn
+from standins.salesforce.bulk import CsvPage
 from standins.salesforce.control import SalesforceControl
 from standins.salesforce.faults import FAULT_KINDS, Rejections, SalesforceFault
 from standins.salesforce.oauth import OAuth
@@ -35,9 +36,10 @@ class _Handler(StandInHandler):
 class SalesforceStandIn(HttpStandIn):
     """One Salesforce org with one API user, speaking HTTPS on loopback.
 
-    Helpers for tests: ``add_contact``, ``contact``, ``tasks``, ``external_update``,
-    ``delete_contact``, ``fail``, ``reject_record``, ``expire_sessions``, ``api_calls``,
-    ``call_log``, ``reset``. All are thread-safe.
+    Helpers for tests: ``add_contact``, ``add_contacts``, ``contact``, ``tasks``,
+    ``external_update``, ``delete_contact``, ``fail``, ``reject_record``,
+    ``expire_sessions``, ``set_version_rule``, ``configure``, ``api_calls``, ``call_log``,
+    ``reset``. All are thread-safe.
     """
 
     name = "salesforce-standin"
@@ -61,6 +63,8 @@ class SalesforceStandIn(HttpStandIn):
         contact_fields: Iterable[str] | None = None,
         auto_create: bool = False,
         whole_second_modstamps: bool = False,
+        version_rule: bool = True,
+        bulk_in_progress_polls: int = 0,
         state_file: str | Path | None = None,
         cert_dir: str | Path | None = None,
     ) -> None:
@@ -75,6 +79,13 @@ class SalesforceStandIn(HttpStandIn):
         - ``whole_second_modstamps``: real Salesforce stores SystemModstamp to the second,
           so several writes can share one; by default the stand-in keeps milliseconds and
           makes every write call's stamp strictly greater than the last.
+        - ``version_rule``: the org has the validation rule the README asks for
+          (``Preference_Version_Not_Older``, rules.py): an update that would lower a
+          contact's ``Preference_Version__c`` fails with FIELD_CUSTOM_VALIDATION_EXCEPTION.
+          Installed by default, as in the documented set-up; ``set_version_rule(False)``
+          runs an org without it.
+        - ``bulk_in_progress_polls``: how many status reads a new Bulk API query job
+          answers ``InProgress`` before it completes (0: it completes on the first).
         """
         super().__init__(
             host=host,
@@ -87,6 +98,8 @@ class SalesforceStandIn(HttpStandIn):
         self.jwt_username = jwt_username
         self.page_size = page_size
         self.auto_create = auto_create
+        self.version_rule = version_rule
+        self.bulk_in_progress_polls = bulk_in_progress_polls
         self.store = SalesforceStore(
             lock=self._lock,
             task_external_id=task_external_id,
@@ -111,6 +124,13 @@ class SalesforceStandIn(HttpStandIn):
     def whole_second_modstamps(self) -> bool:
         return self.store.whole_second_modstamps
 
+    def encode(self, reply: Reply) -> tuple[bytes, str]:
+        # A Bulk API result set is rendered here, as its answer is written: outside the
+        # lock, from its job's snapshot.
+        if isinstance(reply.body, CsvPage):
+            return reply.body.render(), reply.content_type or "text/csv"
+        return super().encode(reply)
+
     def json_default(self, value: Any) -> Any:
         if isinstance(value, datetime):
             return format_datetime(value)
@@ -131,18 +151,34 @@ class SalesforceStandIn(HttpStandIn):
     def set_jwt_public_key(self, pem: str | bytes) -> None:
         self.oauth.set_jwt_public_key(pem)
 
-    def configure(self, *, page_size: int | None = None, auto_create: bool | None = None) -> None:
+    def configure(
+        self,
+        *,
+        page_size: int | None = None,
+        auto_create: bool | None = None,
+        version_rule: bool | None = None,
+        bulk_in_progress_polls: int | None = None,
+    ) -> None:
         with self._lock:
             if page_size is not None:
                 self.page_size = page_size
             if auto_create is not None:
                 self.auto_create = auto_create
+            if version_rule is not None:
+                self.version_rule = version_rule
+            if bulk_in_progress_polls is not None:
+                self.bulk_in_progress_polls = bulk_in_progress_polls
+
+    def set_version_rule(self, installed: bool) -> None:
+        """Install (True) or remove (False) the org's ``Preference_Version_Not_Older`` rule."""
+        self.configure(version_rule=installed)
 
     def add_contact(self, **fields: Any) -> str:
         """Create a contact (as a data load would) and return its 18-character Id."""
         return self.add_contacts([fields])[0]
 
     def add_contacts(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create many contacts as one data load (one stamp); a million take seconds."""
         ids = self.store.add_contacts(records)
         self.mark_changed()
         return ids
@@ -252,10 +288,12 @@ class SalesforceStandIn(HttpStandIn):
             return self.store.api_used, self.store.api_allowance
 
     def reset(self) -> None:
-        """Forget contacts, tasks, faults, counters. Issued tokens stay valid, so a worker
-        holding one carries on (use expire_sessions() to test that)."""
+        """Forget contacts, tasks, Bulk API jobs, faults, counters. Issued tokens stay
+        valid, so a worker holding one carries on (use expire_sessions() to test that); the
+        org's configuration (page size, the validation rule...) stays as it is."""
         with self._lock:
             self.store.clear()
+            self.routes.bulk.clear()
             self.faults.clear()
             self.rejections.clear()
             self.mark_changed()
@@ -270,6 +308,10 @@ class SalesforceStandIn(HttpStandIn):
                 "contact_count": len(store.contacts),
                 "task_count": len(store.tasks),
                 "page_size": self.page_size,
+                "auto_create": self.auto_create,
+                "version_rule": self.version_rule,
+                "bulk_in_progress_polls": self.bulk_in_progress_polls,
+                "query_job_count": len(self.routes.bulk.jobs),
             }
             if records:
                 state["call_log"] = [list(entry) for entry in store.log]

@@ -4,6 +4,10 @@ what the state file keeps of them.
 Methods that read or write records assume the caller holds ``lock``, except the helpers
 tests call (``add_contacts``, ``contact``, ``contacts``, ``tasks``, ``task``,
 ``external_update``, ``delete_contact``), which take it themselves.
+
+A stored record is never changed in place: every write stores a new dict. The composite
+journal keeps the replaced one to roll back, and a Bulk API query job's snapshot (bulk.py)
+is a list of the records as they were when it completed, read without the lock.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 DEFAULT_API_ALLOWANCE = 100_000
@@ -22,6 +27,7 @@ DEFAULT_TASK_EXTERNAL_ID = "Preference_Change_Id__c"
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _CHECKSUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_CAPITAL_FLAGS = str.maketrans({c: ("1" if "A" <= c <= "Z" else "0") for c in BASE62})
 _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _DATETIME_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
 READ_ONLY = frozenset(
@@ -51,6 +57,14 @@ STANDARD_CONTACT_FIELDS = (
     "CreatedDate",
     "CreatedById",
 )
+# The field every push writes (the contact's version in the app), which the org's ordering
+# rule guards (rules.py). Its spelling is known, but like any custom field it is writable
+# under a declared schema (contact_fields) only when listed there.
+VERSION_FIELD = "Preference_Version__c"
+
+# How add_contacts takes a record with these keys: the keys it keeps, their org spelling,
+# and whether that is every key as given (the record is then merged in whole).
+LoadPlan = tuple[tuple[str, ...], tuple[str, ...], bool]
 
 # (code, message, fields): why one record of a call was refused.
 RecordError = tuple[str, str, list[str]]
@@ -63,11 +77,16 @@ def id18(id15: str) -> str:
     """The 18-character, case-insensitive form of a 15-character Salesforce ID."""
     if len(id15) != 15:
         return id15
-    suffix = ""
-    for start in range(0, 15, 5):
-        bits = sum(1 << i for i, ch in enumerate(id15[start : start + 5]) if "A" <= ch <= "Z")
-        suffix += _CHECKSUM[bits]
-    return id15 + suffix
+    # Each 5-character chunk gives a letter: bit i set when its i-th character is a capital.
+    flags = id15.translate(_CAPITAL_FLAGS)
+    if not flags.isdigit():  # characters no Id has: count the capitals one by one
+        flags = "".join("1" if "A" <= ch <= "Z" else "0" for ch in id15)
+    return (
+        id15
+        + _CHECKSUM[int(flags[4::-1], 2)]
+        + _CHECKSUM[int(flags[9:4:-1], 2)]
+        + _CHECKSUM[int(flags[14:9:-1], 2)]
+    )
 
 
 def normalize_id(value: object) -> str | None:
@@ -91,11 +110,56 @@ def normalize_id(value: object) -> str | None:
 
 
 def make_id(prefix: str, number: int) -> str:
-    digits = ""
-    while number:
-        number, rest = divmod(number, 62)
-        digits = BASE62[rest] + digits
-    return id18(prefix + "Sb" + digits.rjust(10, "0"))
+    """The 18-character Id of the number-th record with this key prefix: the prefix, "Sb"
+    (this stand-in's pod), the number in ten base-62 digits, the checksum. By table lookups,
+    as a million-contact load makes a million of them."""
+    high, low = divmod(number, _CHUNK_RANGE)
+    head = prefix + "Sb"
+    middle, middle_check = _chunk(high)
+    tail, tail_check = _chunk(low)
+    return head + middle + tail + _head_checksum(head) + middle_check + tail_check
+
+
+_CHUNK_RANGE = 62**5
+_PAIRS = tuple(a + b for a in BASE62 for b in BASE62)
+_CAPITALS = tuple(int("A" <= c <= "Z") for c in BASE62)
+_PAIR_CAPITALS = tuple(_CAPITALS[i] | _CAPITALS[j] << 1 for i in range(62) for j in range(62))
+
+
+def _chunk(number: int) -> tuple[str, str]:
+    """Five base-62 digits of ``number`` (below 62**5) and their checksum letter."""
+    first, rest = divmod(number, 62**4)
+    pair, last = divmod(rest, 62**2)
+    bits = _CAPITALS[first] | _PAIR_CAPITALS[pair] << 1 | _PAIR_CAPITALS[last] << 3
+    return BASE62[first] + _PAIRS[pair] + _PAIRS[last], _CHECKSUM[bits]
+
+
+@cache
+def _head_checksum(head: str) -> str:
+    return id18(head + "0000000000")[15]
+
+
+def serial_ids(prefix: str, start: int) -> Iterator[str]:
+    """``make_id(prefix, n)`` for n = start, start + 1, ...: the digits counted up in place,
+    so each Id costs a few string joins (a data load's Ids)."""
+    head = prefix + "Sb"
+    head_check = _head_checksum(head)
+    high, low = divmod(start, _CHUNK_RANGE)
+    first, rest = divmod(low, 62**4)
+    pair, last = divmod(rest, 62**2)
+    while True:
+        middle, middle_check = _chunk(high)
+        checks = head_check + middle_check
+        for digit in range(first, 62):
+            for stem_pair in range(pair, 62**2):
+                stem = head + middle + BASE62[digit] + _PAIRS[stem_pair]
+                bits = _CAPITALS[digit] | _PAIR_CAPITALS[stem_pair] << 1
+                for end in range(last, 62**2):
+                    yield stem + _PAIRS[end] + checks + _CHECKSUM[bits | _PAIR_CAPITALS[end] << 3]
+                last = 0
+            pair = 0
+        first = 0
+        high += 1
 
 
 ORG_ID = id18("00DSb0000000Org")
@@ -150,7 +214,11 @@ class SalesforceStore:
         self.default_allowance = api_allowance
         # None: any field may be written. Otherwise the org's Contact fields, lower-cased.
         self.schema: set[str] | None = None
-        self._field_names = {name.lower(): name for name in STANDARD_CONTACT_FIELDS}
+        self._field_names = {
+            name.lower(): name for name in (*STANDARD_CONTACT_FIELDS, VERSION_FIELD)
+        }
+        # Per set of keys given to add_contacts: which to keep, and their org spelling.
+        self._load_plans: dict[tuple[str, ...], LoadPlan] = {}
         if contact_fields is not None:
             names = [*STANDARD_CONTACT_FIELDS, *contact_fields]
             self.schema = {name.lower() for name in names}
@@ -175,20 +243,56 @@ class SalesforceStore:
     # -- helpers for tests and the demo -------------------------------------------------------
 
     def add_contacts(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create contacts as one data load: one stamp, one pass, no per-record lookups
+        beyond the record itself (a million load in a few seconds)."""
         with self.lock:
+            if self._journal is not None:  # never inside a composite call: nothing to undo
+                raise RuntimeError("add_contacts inside an all-or-none call")
             stamp = self.next_stamp()
-            ids = []
+            template = self._new_contact("", stamp, ADMIN_USER_ID)
+            contacts = self.contacts
+            plans = self._load_plans
+            first_serial = serial = self._serials.get("003", 0)
+            new_ids = serial_ids("003", serial + 1)
+            ids: list[str] = []
             for fields in records:
+                keys = tuple(fields)
+                plan = plans.get(keys)
+                if plan is None:
+                    if len(plans) > 1000:  # loads of ever-new field sets: keep it small
+                        plans.clear()
+                    plan = plans[keys] = self._load_plan(keys)
                 given = fields.get("Id")
-                contact_id = normalize_id(given) if given else self.next_id("003")
-                if contact_id is None:
-                    raise ValueError(f"not a Salesforce Id: {given!r}")
-                values = {k: v for k, v in fields.items() if k.lower() not in READ_ONLY}
-                record = self._new_contact(contact_id, stamp, ADMIN_USER_ID)
-                record.update(self.canonical(values))
-                self._put_contact(record)
+                if given:
+                    contact_id = normalize_id(given)
+                    if contact_id is None:
+                        raise ValueError(f"not a Salesforce Id: {given!r}")
+                else:
+                    serial += 1
+                    contact_id = next(new_ids)
+                kept, names, as_given = plan
+                if as_given:
+                    record = {**template, "Id": contact_id, **fields}
+                else:
+                    record = template.copy()
+                    record["Id"] = contact_id
+                    for key, name in zip(kept, names, strict=True):
+                        record[name] = fields[key]
+                contacts[contact_id] = record
                 ids.append(contact_id)
+            if serial != first_serial:
+                self._serials["003"] = serial
+            # One stamp for the whole load, so its index entries are one contiguous run.
+            self._by_stamp.extend((stamp, key) for key in ids)
+            if len(self._by_stamp) > 2 * len(contacts) + 1000:
+                self._rebuild_index()
             return ids
+
+    def _load_plan(self, keys: tuple[str, ...]) -> LoadPlan:
+        kept = tuple(key for key in keys if key.lower() not in READ_ONLY)
+        # As canonical(): the first spelling seen is the org's; a later duplicate key wins.
+        names = tuple(self._field_names.setdefault(key.lower(), key) for key in kept)
+        return kept, names, kept == keys == names
 
     def contact(self, contact_id: str) -> dict[str, Any] | None:
         with self.lock:
