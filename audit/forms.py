@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, list[Q]]] = {
     "review": ("Review", [Q(action=AuditAction.REVIEW)]),
     "bounce": ("Bounce", [Q(action=AuditAction.BOUNCE)]),
     "ascend_file": ("Ascend change file", [Q(action=AuditAction.ASCEND_FILE)]),
+    "discrepancy": ("Discrepancy resolved", [Q(action=AuditAction.DISCREPANCY_RESOLVED)]),
 }
 
 # Entries are written with created_at = now inside the transaction that inserts them, so id

@@ -48,6 +48,7 @@ class AuditAction(models.TextChoices):
     REVIEW = "review", "Review"
     RESUBSCRIBE_REQUEST = "resubscribe_request", "Re-subscribe request"
     RESUBSCRIBE = "resubscribe", "Resubscribed in Marketing Cloud"
+    DISCREPANCY_RESOLVED = "discrepancy_resolved", "Discrepancy resolved"
 
 
 # Actions a manager must look at again (issue: risky actions to review): re-enrolments,

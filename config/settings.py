@@ -202,6 +202,12 @@ SALESFORCE_API_VERSION = envstr("SALESFORCE_API_VERSION", "60.0")
 SALESFORCE_TIMEOUT = envint("SALESFORCE_TIMEOUT", 30)
 SALESFORCE_CONNECT_TIMEOUT = envint("SALESFORCE_CONNECT_TIMEOUT", 10)
 SALESFORCE_TASK_EXTERNAL_ID = envstr("SALESFORCE_TASK_EXTERNAL_ID", "Preference_Change_Id__c")
+# The Contact field every push writes the contact's version to; the org's validation rule
+# refuses a lower one, so a late, older write cannot win (README, "Salesforce set-up").
+SALESFORCE_VERSION_FIELD = envstr("SALESFORCE_VERSION_FIELD", "Preference_Version__c")
+# How long a request whose answer never came may still run in Salesforce: its REST calls end
+# after 10 minutes ("API Timeout Limits"), plus a margin. Then the values are read back.
+SALESFORCE_MAX_REQUEST_SECONDS = envint("SALESFORCE_MAX_REQUEST_SECONDS", 11 * 60)
 SALESFORCE_ENABLED = envbool("SALESFORCE_ENABLED", bool(SALESFORCE_CLIENT_ID))
 # Marketing Cloud (integrations/marketing_cloud/): subscriber status per business unit, read
 # and reset through the SOAP API. The stand-in (standins/marketing_cloud/) is reached the
@@ -224,6 +230,7 @@ SYNC_RETRY_MAX_SECONDS = envint("SYNC_RETRY_MAX_SECONDS", 30 * 60)
 SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
 SYNC_PULL_SECONDS = envint("SYNC_PULL_SECONDS", 120)
 SYNC_PULL_LAG_SECONDS = envint("SYNC_PULL_LAG_SECONDS", 5)  # writes commit after their stamp
+SYNC_VERIFY_SECONDS = envint("SYNC_VERIFY_SECONDS", 60)  # how often uncertain pushes are read back
 
 # Bulk changes (preferences/bulk/jobs.py): a worker holds a run for BULK_LEASE_SECONDS, renewed as
 # it works; a run whose worker died is queued again once its lease has run out.
@@ -249,11 +256,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "integrations.salesforce.tasks.pull_from_salesforce",
         "schedule": float(SYNC_PULL_SECONDS),
     },
+    "verify-salesforce": {
+        "task": "integrations.salesforce.tasks.verify_uncertain",
+        "schedule": float(SYNC_VERIFY_SECONDS),
+        "options": {"expires": float(SYNC_VERIFY_SECONDS)},
+    },
     "resume-bulk-runs": {
         "task": "preferences.tasks.resume_bulk_runs",
         "schedule": float(BULK_RESUME_SECONDS),
         # Ticks queued while no worker was up are stale: one is enough, not a backlog.
         "options": {"expires": float(BULK_RESUME_SECONDS)},
+    },
+    "reconcile-nightly": {
+        "task": "integrations.tasks.reconcile_nightly",
+        "schedule": crontab(hour=envint("RECONCILE_HOUR_UTC", 9), minute=0),
     },
     "ascend-nightly": {
         "task": "integrations.ascend.tasks.ascend_nightly",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, Generic, TypeVar
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError
 
 T = TypeVar("T")
 
@@ -25,15 +26,23 @@ PERMANENT_CODES = frozenset({"CERTIFICATE_VERIFY_FAILED", "TLS_CONFIGURATION", "
 
 class ConnectorError(Exception):
     """A call to an outside system failed. ``code`` is the system's error code (or ours, such
-    as TIMEOUT); ``message`` is safe to show to the system team."""
+    as TIMEOUT); ``message`` is safe to show to the system team.
+
+    ``outcome_unknown``: the request went out and no answer came back (a read timeout, a
+    connection reset, a gateway giving up), so the system may still apply it, later than
+    anything sent since (docs/design.md, "Sent is not held").
+    """
 
     transient: ClassVar[bool] = False
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, status: int | None = None, *, outcome_unknown: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.outcome_unknown = outcome_unknown
 
 
 def describe(error: Exception) -> str:
@@ -85,8 +94,10 @@ def network_error(exc: OSError, *, system: str, ca_setting: str) -> ConnectorErr
                 f"{system}'s TLS certificate is not trusted (check {ca_setting})",
             )
         return TransientError("TLS_ERROR", type(exc).__name__)
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
         return TransientError("TIMEOUT", f"{system} did not answer in time")
+    if isinstance(exc, requests.Timeout):  # the request went out; the answer did not come
+        return TransientError("TIMEOUT", f"{system} did not answer in time", outcome_unknown=True)
     if isinstance(exc, requests.exceptions.InvalidJSONError):
         return TransientError("INVALID_RESPONSE", f"{system}'s answer was not JSON")
     if isinstance(
@@ -96,7 +107,18 @@ def network_error(exc: OSError, *, system: str, ca_setting: str) -> ConnectorErr
         | requests.exceptions.InvalidSchema,
     ):
         return PermanentError("INVALID_URL", str(exc))
-    return TransientError("CONNECTION_ERROR", f"could not reach {system} ({type(exc).__name__})")
+    return TransientError(
+        "CONNECTION_ERROR",
+        f"could not reach {system} ({type(exc).__name__})",
+        outcome_unknown=not _never_connected(exc),
+    )
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """Whether the request certainly never reached the system (refused, unresolvable, a
+    connect timeout), rather than being cut off after it was sent."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, ConnectTimeoutError)
 
 
 def token_answer(

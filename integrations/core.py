@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import import_module
-from typing import Any
+from typing import Any, Protocol
 
 from django.apps import apps
 from django.conf import settings
@@ -67,13 +67,43 @@ class BatchOutcome:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
+class RemoteRows(Protocol):
+    """Where a target's reconcile function puts what its system holds, contact by contact
+    (integrations/reconcile.py streams it into the database)."""
+
+    def add(
+        self,
+        key: str,
+        *,
+        opted_out: Iterable[str],
+        categories: Iterable[str] | None = None,
+        version: int | None = None,
+    ) -> None:
+        """One contact there: key is what matches it here (Target.match_on); categories None
+        when the system does not hold them."""
+        ...
+
+    def flush(self) -> None:
+        """Write what was added so far (a target calls it after each page it read)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RemoteRead:
+    """What a reconcile function read: the moment its data describes, and from where."""
+
+    snapshot_at: datetime
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class Target:
     """A system that must come to hold each contact's state.
 
     push claims up to batch_size contacts that are behind, sends them and records each
     result; None means the target is delivered on a schedule of its own (Ascend's nightly
-    file) and only its marks live here.
+    file) and only its marks live here. reconcile reads everything the system holds, for
+    the nightly comparison; refresh renews what the app last read from it.
     """
 
     name: str  # ContactSync.target
@@ -85,6 +115,9 @@ class Target:
     # page stops polling for a target that waits for configuration).
     pending_hint: str = ""
     disabled_hint: str = ""
+    reconcile: Callable[[RemoteRows], RemoteRead] | None = None
+    match_on: str = "salesforce_id"  # the Contact field a reconcile row's key is
+    refresh: Callable[[], str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -278,6 +311,49 @@ def record_transient(
         claimed_until=None,
         updated_at=now,
     )
+
+
+def mark_uncertain(sync_ids: Iterable[int], *, since: datetime) -> None:
+    """A push to these rows' target got no answer: it may still land there, later than any
+    push after it. Kept until the target's values are read back (the earliest time counts:
+    that request is the one that may still run)."""
+    ContactSync.objects.filter(pk__in=list(sync_ids), uncertain_since__isnull=True).update(
+        uncertain_since=since
+    )
+
+
+def uncertain_due(name: str, max_request_seconds: float, limit: int) -> list[ContactSync]:
+    """Rows of a target whose unanswered push can no longer be running: time to read them
+    back. Oldest first."""
+    cutoff = timezone.now() - timedelta(seconds=max_request_seconds)
+    return list(
+        ContactSync.objects.filter(target=name, uncertain_since__lte=cutoff).order_by(
+            "uncertain_since"
+        )[:limit]
+    )
+
+
+def settle_uncertain(rows: Iterable[ContactSync], *, differs: set[int]) -> int:
+    """Record a read-back: rows whose target held the app's values are certain again; the
+    others are pushed again (state-based, so the current values go). Guarded by the time
+    read, so a newer unanswered push marked meanwhile stays uncertain. Returns how many
+    are pushed again."""
+    again = 0
+    with transaction.atomic():
+        for row in rows:
+            still = ContactSync.objects.filter(pk=row.pk, uncertain_since=row.uncertain_since)
+            if row.pk in differs:
+                again += still.update(
+                    uncertain_since=None,
+                    status=SyncStatus.PENDING,
+                    next_attempt_at=None,
+                    updated_at=timezone.now(),
+                )
+            else:
+                still.update(uncertain_since=None)
+        if again:
+            request_pushes({row.target for row in rows})
+    return again
 
 
 def record_permanent(

@@ -6,11 +6,16 @@ lease, pushes carry absolute values, notes are upserted on their change id.
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
-from integrations import core
+from integrations import core, reconcile
+
+logger = logging.getLogger(__name__)
 
 SWEEP_TASK = "integrations.tasks.sweep"
+RECONCILE_TASK = "integrations.tasks.reconcile_nightly"
 
 
 @shared_task(name=core.PUSH_TASK, acks_late=True, ignore_result=True)
@@ -31,3 +36,14 @@ def push(target: str) -> dict[str, int]:
 def sweep() -> int:
     """Re-send whatever is behind: a lost message, a dead worker, a retry that is due."""
     return core.sweep()
+
+
+@shared_task(name=RECONCILE_TASK, acks_late=True, ignore_result=True)
+def reconcile_nightly() -> dict[str, int]:
+    """Compare every system with the app (integrations/reconcile.py)."""
+    try:
+        runs = reconcile.run()
+    except reconcile.ReconcileBusy:  # a redelivery, or a run by hand: that one is enough
+        logger.info("A reconciliation is running already")
+        return {}
+    return {run.system: run.total_found for run in runs}

@@ -22,3 +22,6 @@ class AdvisoryLock(IntEnum):
     # One Ascend export at a time, held (session-level) for the whole run including the
     # upload. It must never be a lock that committing changes also take.
     ASCEND_EXPORT = 7_310_003
+    # One reconciliation at a time, for its whole run (session-level): two would read the
+    # same systems twice and race on the same discrepancies.
+    RECONCILE = 7_310_004

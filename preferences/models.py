@@ -280,6 +280,10 @@ class ContactSync(models.Model):
     claim = models.UUIDField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     synced_at = models.DateTimeField(null=True, blank=True)
+    # Since when a push whose answer never came (a timeout, a reset) may still land in the
+    # target, after anything sent since; once it can no longer run, the target's values
+    # are read back and pushed again if they differ (docs/design.md, "Sent is not held").
+    uncertain_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -291,7 +295,12 @@ class ContactSync(models.Model):
                 fields=["target", "status", "updated_at"],
                 condition=~Q(status="synced"),
                 name="sync_behind",
-            )
+            ),
+            models.Index(
+                fields=["target", "uncertain_since"],
+                condition=Q(uncertain_since__isnull=False),
+                name="sync_uncertain",
+            ),
         ]
         permissions = [("manage_sync", "Can see sync problems, retry them and list Ascend runs")]
 

@@ -28,6 +28,7 @@ ROLES: dict[str, list[str]] = {
         "audit.view_audit_log",
         "audit.view_reports",
         "preferences.manage_sync",
+        "integrations.resolve_discrepancy",
         "preferences.work_resubscribe_queue",
         "preferences.view_emailcategory",
         "preferences.add_emailcategory",

@@ -3,6 +3,7 @@
 from integrations import urls as integration_urls
 from preferences.bulk import urls as bulk_urls
 from preferences.contacts import urls as contact_urls
+from preferences.discrepancies import urls as discrepancy_urls
 from preferences.resubscribe import urls as resubscribe_urls
 
 app_name = "preferences"
@@ -10,5 +11,6 @@ urlpatterns = [
     *contact_urls.urlpatterns,
     *bulk_urls.urlpatterns,
     *resubscribe_urls.urlpatterns,
+    *discrepancy_urls.urlpatterns,
     *integration_urls.urlpatterns,
 ]

@@ -92,3 +92,70 @@ def make_resubscribe_request(
         )
     assert request is not None
     return request
+
+
+def make_discrepancy(
+    contact: Contact,
+    *,
+    system: str = "salesforce",
+    kind: str = "differs",
+    app: dict[str, Any] | None = None,
+    remote: dict[str, Any] | None = None,
+) -> Any:
+    """An open discrepancy as a night's reconciliation would have recorded it."""
+    from django.utils import timezone
+
+    from integrations.models import Discrepancy, ReconcileRun
+
+    now = timezone.now()
+    run = ReconcileRun.objects.create(system=system, started_at=now, finished_at=now)
+    key = contact.ascend_id if system == "ascend" else contact.salesforce_id
+    return Discrepancy.objects.create(
+        system=system,
+        kind=kind,
+        key=key,
+        contact=contact,
+        details={
+            "app": app or {"opted_out": ["email"], "categories": []},
+            "remote": remote or {"opted_out": [], "categories": ["newsletter"], "version": 1},
+        },
+        first_seen=now,
+        last_seen=now,
+        run=run,
+    )
+
+
+_in_step_numbers = itertools.count(3_000_000_000)
+
+
+def make_contacts_in_step(standin: Any, count: int) -> list[Contact]:
+    """`count` contacts that exist in the stand-in and in the database, in step: nobody
+    opted out, every category checkbox false (checkboxes are never empty in Salesforce)."""
+    unticked = dict.fromkeys(
+        EmailCategory.objects.values_list("salesforce_field", flat=True), False
+    )
+    ids = standin.add_contacts(
+        {
+            "FirstName": "Rel",
+            "LastName": f"Contact{i}",
+            "HasOptedOutOfEmail": False,
+            "DoNotCall": False,
+            **unticked,
+        }
+        for i in range(count)
+    )
+    contacts = []
+    for i, salesforce_id in enumerate(ids):
+        number = next(_in_step_numbers)
+        contacts.append(
+            Contact(
+                first_name="Rel",
+                last_name=f"Contact{i}",
+                email=f"rel.contact{number}@example.edu",
+                phone=f"+1 (720) 555-{i % 10_000:04d}",
+                salesforce_id=salesforce_id,
+                ascend_id=str(number),
+                country="US",
+            )
+        )
+    return Contact.objects.bulk_create(contacts)

@@ -166,6 +166,27 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
         "POST",
         {"anonymous": LOGIN, "outsider": 403, "specialist": 302, "manager": 302, "system": 302},
     ),
+    # The system team's: managers and specialists have no use for them.
+    "preferences:discrepancies": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    "preferences:discrepancy": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 200},
+    ),
+    "preferences:discrepancy_push": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:discrepancy_accept": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
+    "preferences:discrepancy_dismiss": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
+    ),
 }
 OUR_APPS = ("preferences.", "audit.", "config.", "integrations.")
 
@@ -211,6 +232,7 @@ def objects(contact, specialist):
             channel="email", criteria={"country": "US"}, created_by=specialist
         ).pk,
         "resubscribe": factories.make_resubscribe_request(contact, actor=specialist).pk,
+        "discrepancy": factories.make_discrepancy(contact).pk,
     }
 
 
@@ -236,6 +258,8 @@ def _url(name: str, objects: dict[str, int]) -> str:
             kind = "bulk"
         if name.startswith("preferences:resubscribe_"):
             kind = "resubscribe"
+        if name.startswith("preferences:discrepancy"):
+            kind = "discrepancy"
         kwargs["pk"] = objects[kind]
     return reverse(name, kwargs=kwargs)
 

@@ -13,7 +13,8 @@ import os
 import posixpath
 import shutil
 import tempfile
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -60,6 +61,11 @@ class Destination(Protocol):
         """Put the staged file there: all of it under its name, or nothing."""
         ...
 
+    def fetch_newest(self, pattern: str, into: Path) -> Path | None:
+        """A local copy of the newest file there whose name matches (the names carry the
+        date, so the last in name order), or None; `into` is a directory for the copy."""
+        ...
+
 
 @dataclass(frozen=True)
 class DirectoryDestination:
@@ -89,6 +95,12 @@ class DirectoryDestination:
             temp.unlink(missing_ok=True)
             raise
 
+    def fetch_newest(self, pattern: str, into: Path) -> Path | None:
+        if not self.directory.is_dir():
+            raise AscendExportError(f"{self.directory} is not a directory")
+        names = sorted(path.name for path in self.directory.glob(pattern))
+        return self.directory / names[-1] if names else None
+
 
 @dataclass(frozen=True)
 class SftpDestination:
@@ -106,7 +118,8 @@ class SftpDestination:
         path = posixpath.normpath(posixpath.join(self.directory, filename))
         return f"sftp://{self.username}@{host}:{self.port}{'' if path[0] == '/' else '/~/'}{path}"
 
-    def deliver(self, staged: Path) -> None:
+    @contextmanager
+    def _sftp(self) -> Iterator[paramiko.SFTPClient]:
         client = paramiko.SSHClient()
         # Only the configured host key is trusted: an unknown or different key is refused,
         # never learnt (no AutoAddPolicy, no ~/.ssh/known_hosts).
@@ -114,8 +127,6 @@ class SftpDestination:
         known_as = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
         for key in self.host_keys:
             client.get_host_keys().add(known_as, key.get_name(), key)
-        remote = posixpath.join(self.directory, staged.name)
-        temp = posixpath.join(self.directory, f".{staged.name}.part")
         try:
             client.connect(
                 self.host,
@@ -132,6 +143,14 @@ class SftpDestination:
             )
             sftp = client.open_sftp()
             sftp.get_channel().settimeout(self.timeout)
+            yield sftp
+        finally:
+            client.close()
+
+    def deliver(self, staged: Path) -> None:
+        remote = posixpath.join(self.directory, staged.name)
+        temp = posixpath.join(self.directory, f".{staged.name}.part")
+        with self._sftp() as sftp:
             # A connection lost mid-upload leaves a temporary file the client could not
             # remove; exports are serialised by their own lock, so any such file is stale. Some
             # drop boxes do not allow listing: then there is nothing to sweep.
@@ -148,8 +167,15 @@ class SftpDestination:
                 with suppress(Exception):
                     sftp.remove(temp)
                 raise
-        finally:
-            client.close()
+
+    def fetch_newest(self, pattern: str, into: Path) -> Path | None:
+        with self._sftp() as sftp:
+            names = sorted(name for name in sftp.listdir(self.directory) if fnmatch(name, pattern))
+            if not names:
+                return None
+            local = into / names[-1]
+            sftp.get(posixpath.join(self.directory, names[-1]), str(local))
+            return local
 
 
 def _host_keys(value: str) -> tuple[Any, ...]:

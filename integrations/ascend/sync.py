@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -371,8 +371,62 @@ def _mark_contacts_sent(run: AscendRun) -> None:
         )
 
 
+# --- reconciliation --------------------------------------------------------------------------
+
+# Ascend's own nightly export of every contact's current opt-outs, dropped where our change
+# files go (README, "Ascend's opt-out file"): ascend_id, salesforce_id, one TRUE/FALSE column
+# per channel named by its Salesforce field (as in our change file), exported_at (UTC).
+INBOUND_PATTERN = "ascend-optouts-*.csv"
+_PAGE = 50_000
+
+
+def read_for_reconciliation(rows: core.RemoteRows) -> core.RemoteRead:
+    """Every contact's opt-outs as Ascend's newest export says, for the nightly comparison."""
+    staging = staging_directory()
+    staging.mkdir(parents=True, exist_ok=True)
+    source = destination()
+    path = source.fetch_newest(INBOUND_PATTERN, staging)
+    if path is None:
+        raise AscendExportError(
+            f"No Ascend opt-out file ({INBOUND_PATTERN}) at {source.describe('')}"
+        )
+    exported: datetime | None = None
+    count = 0
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        wanted = ["ascend_id", *SALESFORCE_FIELDS.values()]
+        if missing := [name for name in wanted if name not in (reader.fieldnames or [])]:
+            raise AscendExportError(f"{path.name} has no column {', '.join(missing)}")
+        for record in reader:
+            rows.add(
+                record["ascend_id"].strip(),
+                opted_out=[
+                    channel
+                    for channel, name in SALESFORCE_FIELDS.items()
+                    if record[name].strip().upper() == "TRUE"
+                ],
+            )
+            if stamp := (record.get("exported_at") or "").strip():
+                moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                exported = moment if exported is None else max(exported, moment)
+            count += 1
+            if count % _PAGE == 0:
+                rows.flush()
+    if exported is None:  # no column: the file's own time is the best there is
+        exported = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    if path.parent == staging:  # a copy fetched over SFTP
+        path.unlink(missing_ok=True)
+    return core.RemoteRead(exported, f"{path.name}: {count:,} contacts")
+
+
 # Registered when the sync core discovers this module. Ascend takes a file a night, not
 # pushes: the export marks contacts sent (above).
 core.register(
-    core.Target(name=TARGET, label="Ascend", pending_hint="goes in tonight's change file")
+    core.Target(
+        name=TARGET,
+        label="Ascend",
+        pending_hint="goes in tonight's change file",
+        reconcile=read_for_reconciliation,
+        match_on="ascend_id",
+    )
 )

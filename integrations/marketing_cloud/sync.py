@@ -28,13 +28,16 @@ from integrations.base import ConnectorError, TransientError, describe
 from integrations.marketing_cloud.client import MarketingCloudClient
 from preferences.models import (
     NEEDS_RESUBSCRIBE,
+    RESUBSCRIBE_OPEN_STATES,
     BusinessUnit,
     Contact,
     ContactSync,
+    ResubscribeRequest,
     SubscriberStatusValue,
 )
 from preferences.resubscribe.requests import (
     LOOKUP_ACTOR,
+    close_found_active,
     open_request,
     opted_out_of_email,
     save_statuses,
@@ -201,6 +204,38 @@ def _record_lookup(
     return sum(request is not None for request in opened)
 
 
+# --- the nightly refresh -----------------------------------------------------------------------
+
+STALE_AFTER = timedelta(days=7)
+REFRESH_LIMIT = 1_000  # requests read again a night: a call each
+
+
+def refresh_stale_requests() -> str:
+    """Open re-subscribe requests older than a week: read the subscriber's status in that
+    business unit again, so the queue shows what Marketing Cloud says now. One found Active
+    is closed as done (someone resubscribed them in Marketing Cloud itself)."""
+    cutoff = timezone.now() - STALE_AFTER
+    stale = (
+        ResubscribeRequest.objects.filter(
+            state__in=RESUBSCRIBE_OPEN_STATES, requested_at__lt=cutoff
+        )
+        .select_related("contact", "business_unit")
+        .order_by("requested_at")[:REFRESH_LIMIT]
+    )
+    read = closed = 0
+    with MarketingCloudClient() as client:
+        for request in stale:
+            status = client.subscriber_status(
+                request.contact.salesforce_id, request.business_unit.mid
+            )
+            read_at = timezone.now()
+            save_statuses(request.contact, {request.business_unit: status}, read_at)
+            read += 1
+            if status == SubscriberStatusValue.ACTIVE:
+                closed += close_found_active(request_id=request.pk, read_at=read_at)
+    return f"{read} open requests older than a week read again; {closed} found Active and closed"
+
+
 # Registered when the sync core discovers this module (integrations/core.py).
 core.register(
     core.Target(
@@ -211,5 +246,6 @@ core.register(
         batch_size=BATCH,
         pending_hint="subscriber lookup if re-enrolled",
         disabled_hint="Marketing Cloud is not connected: checks wait",
+        refresh=refresh_stale_requests,
     )
 )

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError as LibraryError
+from simple_salesforce.exceptions import SalesforceOperationError
 
 from integrations import base
 from integrations.base import ConnectorError, PermanentError, TimeoutSession, TransientError
@@ -39,12 +40,20 @@ logger = logging.getLogger(__name__)
 MAX_RECORDS = 200  # sObject Collections take at most 200 records a call
 _MAX_COLLECTIONS_PER_CALL = 5  # composite: at most 5 collection subrequests of its 25
 _IDS_PER_QUERY = 200  # keeps "Id IN (...)" far below SOQL's 100,000-character limit
+BULK_PAGE_SIZE = 50_000  # rows per Bulk API 2.0 result page (the API's own default)
 _JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 
 AuthFlow = Literal["client_credentials", "jwt"]
-PushStatus = Literal["ok", "transient", "permanent"]
+# superseded: Salesforce refused the write because it holds a newer version of the contact
+# (the ordering guard, docs/design.md "Sent is not held"); nothing is lost.
+PushStatus = Literal["ok", "superseded", "transient", "permanent"]
+# The validation rule's message starts with this (README, "Salesforce set-up").
+SUPERSEDED_MARKER = "PD_SUPERSEDED"
+# A gateway in front of Salesforce may answer these after giving up on a request that
+# Salesforce goes on running.
+_GATEWAY_GAVE_UP = frozenset({500, 502, 504})
 T = TypeVar("T")
 
 
@@ -67,6 +76,9 @@ class SalesforceSettings:
     connect_timeout: float = 5.0
     task_external_id: str = "Preference_Change_Id__c"
     jwt_audience: str = ""  # empty: the login URL
+    # The Contact field each push writes the contact's version to, which the org's
+    # validation rule keeps from going down; empty: the org has no such field.
+    version_field: str = "Preference_Version__c"
 
     def __post_init__(self) -> None:
         url = urlsplit(self.login_url)
@@ -90,6 +102,8 @@ class SalesforceSettings:
             raise ImproperlyConfigured("SALESFORCE_TIMEOUT and _CONNECT_TIMEOUT must be > 0")
         if not _FIELD_NAME.match(self.task_external_id):
             raise ImproperlyConfigured("SALESFORCE_TASK_EXTERNAL_ID must be a field API name")
+        if self.version_field and not _FIELD_NAME.match(self.version_field):
+            raise ImproperlyConfigured("SALESFORCE_VERSION_FIELD must be a field API name")
         if self.ca_bundle and not Path(self.ca_bundle).exists():
             raise ImproperlyConfigured(f"SALESFORCE_CA_BUNDLE {self.ca_bundle} does not exist")
 
@@ -112,6 +126,7 @@ class SalesforceSettings:
                 connect_timeout=float(get("SALESFORCE_CONNECT_TIMEOUT", cls.connect_timeout)),
                 task_external_id=str(get("SALESFORCE_TASK_EXTERNAL_ID", cls.task_external_id)),
                 jwt_audience=str(get("SALESFORCE_JWT_AUDIENCE", "") or ""),
+                version_field=str(get("SALESFORCE_VERSION_FIELD", cls.version_field) or ""),
             )
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"Salesforce settings: {exc}") from None
@@ -189,6 +204,7 @@ class ContactPush:
     salesforce_id: str
     fields: dict[str, bool]
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    version: int | None = None  # the app's version of the contact these values are
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,11 @@ class PushResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def held(self) -> bool:
+        """Salesforce holds these values or newer ones."""
+        return self.status in ("ok", "superseded")
 
 
 def note_task(
@@ -368,9 +389,11 @@ class SalesforceClient:
     def push(self, records: Sequence[ContactPush]) -> list[PushResult]:
         """Update up to 200 contacts and upsert their note Tasks in one composite call.
 
-        Returns one result per contact, in order: ok, or failed with Salesforce's code and
-        message — transient for UNABLE_TO_LOCK_ROW, permanent otherwise. A contact whose
-        Task failed is failed too (a repeat push is harmless: absolute values, upserts).
+        Returns one result per contact, in order: ok; superseded (the org's ordering rule
+        refused it because Salesforce holds a newer version); or failed with Salesforce's
+        code and message — transient for UNABLE_TO_LOCK_ROW, permanent otherwise. A contact
+        whose Task failed is failed too (a repeat push is harmless: absolute values, upserts).
+        Each contact's version goes in the version field, when the org has one.
         Raises TransientError / PermanentError when the call as a whole fails. Only past
         800 tasks does it need a second call.
         """
@@ -389,8 +412,18 @@ class SalesforceClient:
                     raise ValueError(f"not a Contact field to update: {name!r}")
 
         external_id = self.config.task_external_id
+        version_field = self.config.version_field
         contacts = [
-            {"attributes": {"type": "Contact"}, "id": record.salesforce_id, **record.fields}
+            {
+                "attributes": {"type": "Contact"},
+                "id": record.salesforce_id,
+                **record.fields,
+                **(
+                    {version_field: record.version}
+                    if version_field and record.version is not None
+                    else {}
+                ),
+            }
             for record in records
         ]
         tasks: dict[str, dict[str, Any]] = {}
@@ -438,7 +471,7 @@ class SalesforceClient:
                 for position, (sub_record, result) in enumerate(
                     zip(sub_records, results, strict=True)
                 ):
-                    outcome = _record_outcome(result)
+                    outcome = _record_outcome(result, version_field)
                     if reference == "contacts":
                         targets = [position]  # the contacts subrequest is in push order
                     else:
@@ -532,6 +565,37 @@ class SalesforceClient:
             raise PermanentError("INVALID_RESPONSE", "expected ids and latestDateCovered")
         return list(body.get("ids", [])), _parse_datetime(str(body["latestDateCovered"]))
 
+    def bulk_query(
+        self, object_name: str, fields: Iterable[str], *, page_size: int = BULK_PAGE_SIZE
+    ) -> Iterator[str]:
+        """Every record of an object through a Bulk API 2.0 query job, page by page: CSV
+        text, header row first, booleans as true/false (Bulk API 2.0 Developer Guide, "Get
+        Results for a Query Job"). A handful of calls for millions of rows, where the REST
+        query would spend one call per 2,000. Through simple-salesforce's bulk2 client,
+        on this client's session and timeouts. A session that expires before the first page
+        starts the job again (a query job only reads); after it, the reading fails as
+        transient, since the caller holds part of the result."""
+        if not _FIELD_NAME.match(object_name):
+            raise ValueError(f"not a Salesforce object name: {object_name!r}")
+        soql = f"SELECT {', '.join(_field_list(fields))} FROM {object_name}"
+        yielded = False
+        for attempt in (1, 2):
+            api = self._api or self._open()
+            pages = getattr(api.bulk2, object_name).query(soql, max_records=page_size, wait=1)
+            try:
+                while True:
+                    try:
+                        page = _translated(partial(_next_page, pages), api)
+                    except StopIteration:
+                        return
+                    yielded = True
+                    yield page
+            except _SessionExpired:
+                if yielded or attempt == 2:
+                    raise TransientError("INVALID_SESSION_ID", "session expired", 401) from None
+                logger.info("Salesforce session expired before a bulk query's first page")
+                self._open(expired=api.session_id)
+
     def _query(self, soql: str, include_deleted: bool) -> Iterator[dict[str, Any]]:
         # Pages one at a time, each call with its own re-login, rather than
         # simple-salesforce's query_all_iter, whose later pages would escape _call.
@@ -559,9 +623,18 @@ def _translated(operation: Callable[[Salesforce], T], api: Salesforce) -> T:
         code, message = _error_detail(exc.content, exc.status)
         if exc.status == 401 and code == "INVALID_SESSION_ID":
             raise _SessionExpired(message) from exc
-        raise classify(exc.status, code)(code, message, exc.status) from exc
+        unknown = exc.status in _GATEWAY_GAVE_UP  # it may still be running in Salesforce
+        raise classify(exc.status, code)(
+            code, message, exc.status, outcome_unknown=unknown
+        ) from exc
+    except SalesforceOperationError as exc:  # a Bulk API job that failed or was aborted
+        raise PermanentError("BULK_JOB_FAILED", str(exc)[:500]) from exc
     except OSError as exc:  # requests' own errors included
         raise _network_error(exc) from exc
+
+
+def _next_page(pages: Iterator[str], _api: Salesforce) -> str:
+    return next(pages)
 
 
 def _error_detail(content: Any, status: int | None) -> tuple[str, str]:
@@ -597,20 +670,27 @@ def _subrequest_results(response: Any, reference: str, expected: int) -> list[Ma
     return body
 
 
-def _record_outcome(result: Mapping[str, Any]) -> tuple[PushStatus, str, str]:
+def _record_outcome(
+    result: Mapping[str, Any], version_field: str = ""
+) -> tuple[PushStatus, str, str]:
     if result.get("success"):
         return ("ok", "", "")
     errors = result.get("errors") or [{}]
     first = errors[0] if isinstance(errors[0], dict) else {}
     code = str(first.get("statusCode") or "UNKNOWN_EXCEPTION")
     message = str(first.get("message") or "")
-    if first.get("fields"):
-        message += f" (fields: {', '.join(map(str, first['fields']))})"
+    fields = [str(name) for name in first.get("fields") or []]
+    if code == "FIELD_CUSTOM_VALIDATION_EXCEPTION" and (
+        message.startswith(SUPERSEDED_MARKER) or (version_field and version_field in fields)
+    ):
+        return ("superseded", code, message)
+    if fields:
+        message += f" (fields: {', '.join(fields)})"
     status: PushStatus = "transient" if classify(400, code) is TransientError else "permanent"
     return (status, code, message)
 
 
-_SEVERITY = {"ok": 0, "transient": 1, "permanent": 2}
+_SEVERITY = {"ok": 0, "superseded": 1, "transient": 2, "permanent": 3}
 
 
 def _worse(

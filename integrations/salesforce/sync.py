@@ -13,7 +13,11 @@ re-enrolment that is newer.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,45 +67,65 @@ def _active_category_fields() -> dict[str, str]:
     return dict(EmailCategory.objects.filter(is_active=True).values_list("key", "salesforce_field"))
 
 
-def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int, int]]:
-    """The pushes for the claimed rows, and the contact version each one carries.
+@dataclass(frozen=True)
+class Expected:
+    """What Salesforce should hold for a contact: its fields at the app's version."""
+
+    salesforce_id: str
+    version: int
+    fields: dict[str, bool]
+
+
+def expected_values(contact_ids: Iterable[int]) -> dict[int, Expected]:
+    """The Salesforce fields of each contact's current state, and the version they are.
 
     Versions are read before the state: a change committing in between makes the state
     newer than the version recorded, which only causes one more (harmless) push later.
     The other order could mark a contact synced with a state Salesforce never received.
     """
-    contact_ids = [row.contact_id for row in rows]
-    contacts = {
-        c.pk: c
-        for c in Contact.objects.filter(pk__in=contact_ids).only("pk", "salesforce_id", "version")
-    }
-    versions = {pk: contact.version for pk, contact in contacts.items()}
-    opted_out: dict[int, dict[str, bool]] = {pk: {} for pk in contact_ids}
-    for pk, channel, value in ChannelPreference.objects.filter(
-        contact_id__in=contact_ids
-    ).values_list("contact_id", "channel", "opted_out"):
+    ids = list(contact_ids)
+    contacts = list(
+        Contact.objects.filter(pk__in=ids).values_list("pk", "salesforce_id", "version")
+    )
+    opted_out: dict[int, dict[str, bool]] = {pk: {} for pk in ids}
+    for pk, channel, value in ChannelPreference.objects.filter(contact_id__in=ids).values_list(
+        "contact_id", "channel", "opted_out"
+    ):
         opted_out[pk][channel] = value
-    categories: dict[int, set[str]] = {pk: set() for pk in contact_ids}
-    for pk, key in Subscription.objects.filter(contact_id__in=contact_ids).values_list(
+    categories: dict[int, set[str]] = {pk: set() for pk in ids}
+    for pk, key in Subscription.objects.filter(contact_id__in=ids).values_list(
         "contact_id", "category__key"
     ):
         categories[pk].add(key)
     category_fields = _active_category_fields()
-    names = dict(EmailCategory.objects.values_list("key", "name"))
+    return {
+        pk: Expected(
+            salesforce_id,
+            version,
+            _salesforce_fields(opted_out[pk], categories[pk], category_fields),
+        )
+        for pk, salesforce_id, version in contacts
+    }
 
+
+def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int, int]]:
+    """The pushes for the claimed rows (each with the notes not yet sent as Tasks), and the
+    contact version each one carries."""
+    expected = expected_values(row.contact_id for row in rows)
+    names = dict(EmailCategory.objects.values_list("key", "name"))
     wanted = Q(pk__in=[])
     for row in rows:
         wanted |= Q(
             contact_id=row.contact_id,
             contact_version__gt=row.synced_version,
-            contact_version__lte=versions[row.contact_id],
+            contact_version__lte=expected[row.contact_id].version,
         )
-    notes: dict[int, list[dict[str, Any]]] = {pk: [] for pk in contact_ids}
+    notes: dict[int, list[dict[str, Any]]] = {row.contact_id: [] for row in rows}
     for entry in AuditEntry.objects.filter(wanted).select_related("consent").order_by("id"):
         notes[entry.contact_id].append(  # type: ignore[index]
             note_task(
                 change_id=f"PD-{entry.pk}",
-                who_id=contacts[entry.contact_id].salesforce_id,  # type: ignore[index]
+                who_id=expected[entry.contact_id].salesforce_id,  # type: ignore[index]
                 subject=f"Preference change: {entry.get_action_display()}",
                 description=_task_description(entry, names),
                 activity_date=entry.created_at.date(),
@@ -109,15 +133,14 @@ def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int,
         )
     pushes = [
         ContactPush(
-            salesforce_id=contacts[row.contact_id].salesforce_id,
-            fields=_salesforce_fields(
-                opted_out[row.contact_id], categories[row.contact_id], category_fields
-            ),
+            salesforce_id=expected[row.contact_id].salesforce_id,
+            fields=expected[row.contact_id].fields,
             tasks=notes[row.contact_id],
+            version=expected[row.contact_id].version,
         )
         for row in rows
     ]
-    return pushes, versions
+    return pushes, {pk: found.version for pk, found in expected.items()}
 
 
 def _task_description(entry: AuditEntry, names: dict[str, str]) -> str:
@@ -146,6 +169,7 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
     # One retry time for the whole batch: per-row jitter would split it into many calls.
     delay = timedelta(seconds=core.retry_delay(max(row.attempts for row in rows) + 1))
     results: list[PushResult] | None = None
+    sent_at = timezone.now()
     try:
         with SalesforceClient() as client:
             results = client.push(pushes)
@@ -153,6 +177,9 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
         message = f"{error.code}: {error}"
         done = timezone.now()
         retry_at = done + delay
+        if error.outcome_unknown:
+            # It may still land, after the retry: read the values back once it cannot.
+            core.mark_uncertain([row.pk for row in rows], since=sent_at)
         for row in rows:
             if isinstance(error, PermanentError):
                 _record_refusal(row, token, message, done)
@@ -168,7 +195,7 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
     retry_at = done + delay
     succeeded = []
     for row, result in zip(rows, results, strict=True):
-        if result.ok:
+        if result.held:  # superseded: Salesforce already holds a newer version of ours
             succeeded.append((row, versions[row.contact_id]))
         elif result.status == "transient":
             core.record_transient(row, token, f"{result.code}: {result.message}", done, retry_at)
@@ -180,6 +207,84 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
     core.record_successes(succeeded, token, done)
     outcome.synced = len(succeeded)
     return outcome
+
+
+@dataclass
+class VerifyOutcome:
+    read: int = 0
+    held: int = 0
+    pushed_again: int = 0
+    gone: int = 0
+
+
+def verify_uncertain(limit: int = MAX_RECORDS) -> VerifyOutcome:
+    """Read back the contacts whose push got no answer, once that request can no longer be
+    running in Salesforce (SALESFORCE_MAX_REQUEST_SECONDS); push again those whose values
+    differ from the app's. Without the org's ordering rule this is what undoes a late,
+    older write; with it, this proves the rule held."""
+    rows = core.uncertain_due(TARGET, settings.SALESFORCE_MAX_REQUEST_SECONDS, limit)
+    outcome = VerifyOutcome()
+    if not rows:
+        return outcome
+    contact_ids = [row.contact_id for row in rows]
+    ids = dict(Contact.objects.filter(pk__in=contact_ids).values_list("pk", "salesforce_id"))
+    with SalesforceClient() as client:
+        names = [*_active_category_fields().values(), *SALESFORCE_FIELDS.values()]
+        remote = {r["Id"]: r for r in client.get_contacts(ids.values(), names)}
+    # The app's values read after Salesforce's: a change committing in between is pushed
+    # anyway, so at worst this pushes once more than needed.
+    expected = expected_values(contact_ids)
+    differs: set[int] = set()
+    for row in rows:
+        found = remote.get(ids[row.contact_id])
+        outcome.read += 1
+        if found is None:
+            outcome.gone += 1  # deleted or merged there: for reconciliation to show
+            continue
+        wanted = expected[row.contact_id].fields
+        if any(bool(found.get(name)) != value for name, value in wanted.items()):
+            differs.add(row.pk)
+    outcome.pushed_again = core.settle_uncertain(rows, differs=differs)
+    outcome.held = outcome.read - outcome.gone - len(differs)
+    if differs:
+        logger.warning(
+            "Salesforce held other values than sent for %d contacts after an unanswered push; "
+            "pushing them again",
+            len(differs),
+        )
+    return outcome
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+def read_for_reconciliation(rows: core.RemoteRows) -> core.RemoteRead:
+    """Every contact's opt-outs and categories as Salesforce holds them, through a Bulk API
+    2.0 query, one result page at a time (integrations/reconcile.py compares them)."""
+    category_fields = _active_category_fields()
+    version_field = str(settings.SALESFORCE_VERSION_FIELD or "")
+    fields = ["Id", *SALESFORCE_FIELDS.values(), *category_fields.values()]
+    if version_field:
+        fields.append(version_field)
+    started = timezone.now()
+    read = 0
+    with SalesforceClient() as client:
+        for page in client.bulk_query("Contact", fields):
+            for record in csv.DictReader(io.StringIO(page)):
+                version = record.get(version_field) if version_field else None
+                rows.add(
+                    record["Id"],
+                    opted_out=[c for c, name in SALESFORCE_FIELDS.items() if _true(record[name])],
+                    categories=[k for k, name in category_fields.items() if _true(record[name])],
+                    version=int(float(version)) if version else None,
+                )
+                read += 1
+            rows.flush()
+    return core.RemoteRead(started, f"Bulk API 2.0 query: {read:,} contacts")
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() == "true"
 
 
 # --- inbound ---------------------------------------------------------------------------------
@@ -315,5 +420,7 @@ core.register(
         enabled_setting="SALESFORCE_ENABLED",
         push=push_batch,
         batch_size=MAX_RECORDS,
+        reconcile=read_for_reconciliation,
+        match_on="salesforce_id",
     )
 )

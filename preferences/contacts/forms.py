@@ -3,13 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.utils import timezone
 
-from audit.models import ConsentMethod
 from lib.channels import OPT_OUT_LABELS, Channel
-from preferences.forms import NOTE_REQUIRED
+from preferences.forms import NOTE_REQUIRED, ConsentForm
 from preferences.models import EmailCategory
-from preferences.services import ConsentEvidence, PreferenceState
+from preferences.services import PreferenceState
 
 
 class SearchForm(forms.Form):
@@ -26,7 +24,7 @@ class SearchForm(forms.Form):
     )
 
 
-class PreferencesForm(forms.Form):
+class PreferencesForm(ConsentForm):
     """The toggles, categories, note and consent evidence for one change.
 
     It only validates and normalises: the rules themselves are checked by apply_change().
@@ -42,19 +40,6 @@ class PreferencesForm(forms.Form):
         ),
         max_length=4000,
         error_messages={"required": NOTE_REQUIRED},
-    )
-    consent_method = forms.ChoiceField(
-        label="How the contact asked",
-        choices=[("", "—"), *ConsentMethod.choices],
-        required=False,
-    )
-    consent_obtained_at = forms.DateTimeField(
-        label="When the contact asked",
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-    )
-    consent_attested = forms.BooleanField(
-        label="I confirm the contact explicitly asked to be opted back in.", required=False
     )
 
     def __init__(
@@ -96,31 +81,5 @@ class PreferencesForm(forms.Form):
             raise forms.ValidationError(NOTE_REQUIRED)
         return note
 
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        given = [
-            cleaned.get("consent_method"),
-            cleaned.get("consent_obtained_at"),
-            cleaned.get("consent_attested"),
-        ]
-        if any(given) and not all(given):
-            raise forms.ValidationError(
-                "Complete the consent confirmation: how the contact asked, when, and the "
-                "attestation."
-            )
-        obtained_at = cleaned.get("consent_obtained_at")
-        if obtained_at and obtained_at > timezone.now():
-            self.add_error("consent_obtained_at", "This is in the future.")
-        return cleaned
-
     def opt_out(self) -> dict[str, bool]:
         return {c: self.cleaned_data[f"opt_out_{c}"] for c in Channel.values}
-
-    def consent(self) -> ConsentEvidence | None:
-        if not self.cleaned_data.get("consent_attested"):
-            return None
-        return ConsentEvidence(
-            method=self.cleaned_data["consent_method"],
-            obtained_at=self.cleaned_data["consent_obtained_at"],
-            attested=True,
-        )

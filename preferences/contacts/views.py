@@ -10,9 +10,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditAction, AuditEntry, Source
 from integrations import core
+from integrations.models import Discrepancy
 from lib.access import HtmxHttpRequest, staff_view
 from lib.channels import Channel
 from preferences.contacts.forms import PreferencesForm, SearchForm
+from preferences.discrepancies.views import system_label
 from preferences.forms import NoteForm
 from preferences.models import (
     SEARCH_LIMIT,
@@ -110,11 +112,19 @@ def _render_contact(
         **_sync_context(contact),
         **marketing_cloud_context(contact),
         "escalations": [e for e in contact.escalations.all() if e.is_open],
+        "discrepancies": _open_discrepancies(contact),
     }
     template = CONTACT_TEMPLATE
     if request.htmx and not request.htmx.boosted:
         template += "#contact-main"
     return render(request, template, context, status=status)
+
+
+def _open_discrepancies(contact: Contact) -> list[Discrepancy]:
+    found = list(Discrepancy.objects.open().filter(contact=contact).order_by("first_seen"))
+    for one in found:
+        one.system_label = system_label(one.system)  # type: ignore[attr-defined]
+    return found
 
 
 def _contact(pk: int) -> Contact:

@@ -146,6 +146,31 @@ def _close_for_opt_out(contact: Contact, entry: AuditEntry) -> None:
         )
 
 
+def close_found_active(*, request_id: int, read_at: datetime) -> bool:
+    """Marketing Cloud reads the subscriber Active again (someone resubscribed them there):
+    the request is done. False if it was closed meanwhile."""
+    with transaction.atomic():
+        request = locked(request_id)
+        if not request.is_open:
+            return False
+        request.state = ResubscribeState.DONE
+        request.closed_at = read_at
+        request.outcome = (
+            f"Closed automatically: Marketing Cloud reads the subscriber Active in "
+            f"{request.business_unit} ({timezone.localtime(read_at):%d %b %Y, %H:%M})."
+        )
+        request.save(update_fields=["state", "closed_at", "outcome", "updated_at"])
+        record(
+            AuditAction.RESUBSCRIBE_REQUEST,
+            system=QUEUE_ACTOR,
+            contact_id=request.contact_id,
+            channels=[Channel.EMAIL],
+            note=f"{_subject(request)} closed: {request.outcome}",
+            resubscribe_request=request,
+        )
+    return True
+
+
 # --- working a request ----------------------------------------------------------------------
 
 

@@ -11,10 +11,10 @@ from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.charts import nice_step
 from audit.forms import day_start
 from audit.models import AuditAction
 from audit.reports import week_start
+from lib.charts import nice_step
 from preferences.models import Source
 from preferences.services import apply_change
 from tests import factories

@@ -212,6 +212,9 @@ class CompositeCall:
     contact_ids: tuple[str, ...]
     task_ids: tuple[str, ...]
     status: int  # the HTTP status it answered (0: the connection was dropped)
+    done: float = 0.0  # time.monotonic() when it had been applied and answered
+    versions: tuple[int | None, ...] = ()  # the contact versions it carried, in order
+    answer: Any = None  # the composite response's body
 
 
 class RecordingStandIn(SalesforceStandIn):
@@ -232,7 +235,15 @@ class RecordingStandIn(SalesforceStandIn):
         reply = super().handle(method, raw_path, headers, body)
         if method == "POST" and path.endswith("/composite"):
             contacts, tasks = _composite_ids(body)
-            call = CompositeCall(arrived, contacts, tasks, reply.status if reply else 0)
+            call = CompositeCall(
+                arrived,
+                contacts,
+                tasks,
+                reply.status if reply else 0,
+                done=time.monotonic(),
+                versions=_composite_versions(body),
+                answer=reply.body if reply else None,
+            )
             with self._recording:
                 self.composites.append(call)
         elif "/query" in path:
@@ -251,6 +262,20 @@ class RecordingStandIn(SalesforceStandIn):
     def query_times(self) -> list[float]:
         with self._recording:
             return list(self.queries)
+
+
+def _composite_versions(body: bytes) -> tuple[int | None, ...]:
+    field = django_settings.SALESFORCE_VERSION_FIELD
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return ()
+    return tuple(
+        record.get(field)
+        for sub in payload.get("compositeRequest", [])
+        if sub.get("referenceId") == "contacts"
+        for record in (sub.get("body") or {}).get("records", [])
+    )
 
 
 def _composite_ids(body: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -532,8 +557,6 @@ def celery(
 
 # --- data --------------------------------------------------------------------------------
 
-_ascend_numbers = itertools.count(3_000_000_000)
-
 
 @pytest.fixture
 def category_fields(transactional_db: None) -> dict[str, str]:
@@ -541,37 +564,7 @@ def category_fields(transactional_db: None) -> dict[str, str]:
     return {c.key: c.salesforce_field for c in factories.make_categories()}
 
 
-def make_contacts(standin: SalesforceStandIn, count: int) -> list[Contact]:
-    """`count` contacts that exist in the stand-in and in the database, in step: nobody
-    opted out, every category checkbox false (checkboxes are never empty in Salesforce)."""
-    unticked = dict.fromkeys(
-        EmailCategory.objects.values_list("salesforce_field", flat=True), False
-    )
-    ids = standin.add_contacts(
-        {
-            "FirstName": "Rel",
-            "LastName": f"Contact{i}",
-            "HasOptedOutOfEmail": False,
-            "DoNotCall": False,
-            **unticked,
-        }
-        for i in range(count)
-    )
-    contacts = []
-    for i, salesforce_id in enumerate(ids):
-        number = next(_ascend_numbers)
-        contacts.append(
-            Contact(
-                first_name="Rel",
-                last_name=f"Contact{i}",
-                email=f"rel.contact{number}@example.edu",
-                phone=f"+1 (720) 555-{i % 10_000:04d}",
-                salesforce_id=salesforce_id,
-                ascend_id=str(number),
-                country="US",
-            )
-        )
-    return Contact.objects.bulk_create(contacts)
+make_contacts = factories.make_contacts_in_step
 
 
 def expected_salesforce_fields(contact_ids: list[int]) -> dict[int, dict[str, bool]]:

@@ -6,7 +6,6 @@ worker are in tests/reliability/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,37 +14,11 @@ from django.utils import timezone
 from audit.models import AuditAction, AuditEntry
 from integrations import core
 from integrations.salesforce import sync
-from integrations.salesforce.client import forget_sessions
 from preferences.models import ContactSync, SyncStatus, SyncWatermark
 from preferences.services import apply_change, current_state
-from standins.salesforce import SalesforceStandIn, running_standin
 from tests import factories
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def standin(settings) -> Iterator[SalesforceStandIn]:
-    forget_sessions()
-    with running_standin() as server:
-        settings.SALESFORCE_ENABLED = True
-        settings.SALESFORCE_LOGIN_URL = server.url
-        settings.SALESFORCE_CLIENT_ID = server.client_id
-        settings.SALESFORCE_CLIENT_SECRET = server.client_secret
-        settings.SALESFORCE_CA_BUNDLE = server.ca_path
-        settings.SALESFORCE_TIMEOUT = 5
-        settings.SYNC_RETRY_BASE_SECONDS = 1
-        settings.SYNC_PULL_LAG_SECONDS = 0
-        yield server
-    forget_sessions()
-
-
-@pytest.fixture
-def synced_contact(standin, categories):
-    salesforce_id = standin.add_contact(
-        FirstName="Ada", LastName="Okafor", HasOptedOutOfEmail=False, DoNotCall=False
-    )
-    return factories.make_contact(salesforce_id=salesforce_id)
 
 
 def _sync(contact):
