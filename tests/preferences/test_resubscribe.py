@@ -654,3 +654,42 @@ def test_a_failed_refresh_keeps_the_statuses_read_before(marketing_cloud, units,
     kept = SubscriberStatus.objects.get(contact=contact, business_unit=units[0])
     assert (kept.status, kept.read_at) == ("held", read_at)
     assert timezone.now() - read_at < timedelta(minutes=1)
+
+
+# --- the nightly refresh of old requests ------------------------------------------------------
+
+
+def test_the_nightly_refresh_reads_week_old_requests_again_and_closes_those_now_active(
+    marketing_cloud, units, contact, specialist, categories
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from integrations import reconcile
+
+    old = factories.make_resubscribe_request(contact, actor=specialist, business_unit=units[1])
+    still_held = factories.make_resubscribe_request(
+        factories.make_contact(), actor=specialist, business_unit=units[2]
+    )
+    fresh = factories.make_resubscribe_request(
+        factories.make_contact(), actor=specialist, business_unit=units[1]
+    )
+    week_ago = timezone.now() - timedelta(days=8)
+    ResubscribeRequest.objects.filter(pk__in=[old.pk, still_held.pk]).update(requested_at=week_ago)
+    marketing_cloud.set_subscriber(contact.salesforce_id, "Active", mid=ALUMNI)
+    marketing_cloud.set_subscriber(still_held.contact.salesforce_id, "Held", mid=ATHLETICS)
+    calls = marketing_cloud.api_calls
+
+    (run,) = reconcile.run([MC])
+
+    assert not run.failed and run.detail.startswith("2 open requests older than a week")
+    assert marketing_cloud.api_calls - calls == 2  # the fresh request is not read
+    old.refresh_from_db()
+    assert old.state == ResubscribeState.DONE and "reads the subscriber Active" in old.outcome
+    closing = AuditEntry.objects.filter(resubscribe_request=old).latest("id")
+    assert closing.actor_label == resubscribe.QUEUE_ACTOR
+    assert ResubscribeRequest.objects.get(pk=still_held.pk).state == ResubscribeState.OPEN
+    assert ResubscribeRequest.objects.get(pk=fresh.pk).state == ResubscribeState.OPEN
+    held = SubscriberStatus.objects.get(contact=still_held.contact, business_unit=units[2])
+    assert held.status == "held" and held.read_at > week_ago
