@@ -53,7 +53,8 @@ class _Rows:
         categories: Iterable[str] | None = None,
         version: int | None = None,
     ) -> None:
-        # Sorted, so the comparison is array equality in SQL.
+        # Sorted by code point, as the SQL side sorts (COLLATE "C"), so the comparison is
+        # array equality whatever the database's collation.
         self.pending.append(
             (
                 key,
@@ -195,13 +196,15 @@ _APP_STATE = """
                               AND sy.synced_at < %(snapshot)s))
            AND (p.changed_at IS NULL OR p.changed_at < %(snapshot)s) AS settled
       FROM preferences_contact c
-      LEFT JOIN (SELECT contact_id, array_agg(channel::text ORDER BY channel) AS channels
+      LEFT JOIN (SELECT contact_id,
+                        array_agg(channel::text ORDER BY channel COLLATE "C") AS channels
                    FROM preferences_channelpreference WHERE opted_out GROUP BY contact_id) o
         ON o.contact_id = c.id
       LEFT JOIN (SELECT contact_id, max(changed_at) AS changed_at
                    FROM preferences_channelpreference GROUP BY contact_id) p
         ON p.contact_id = c.id
-      LEFT JOIN (SELECT sub.contact_id, array_agg(cat.key::text ORDER BY cat.key) AS keys
+      LEFT JOIN (SELECT sub.contact_id,
+                        array_agg(cat.key::text ORDER BY cat.key COLLATE "C") AS keys
                    FROM preferences_subscription sub
                    JOIN preferences_emailcategory cat ON cat.id = sub.category_id AND cat.is_active
                   GROUP BY sub.contact_id) s
