@@ -220,8 +220,10 @@ class AuditEntry(models.Model):
             if was != now:
                 label = Channel(channel).label
                 lines.append(f"{label}: opted out" if now else f"{label}: opted back in")
-        added = sorted(set(after["categories"]) - set(before["categories"]))
-        removed = sorted(set(before["categories"]) - set(after["categories"]))
+        # A snapshot may hold the opt-outs only (a correction for Ascend, which has no
+        # categories): then no category changed.
+        added = sorted(set(after.get("categories", [])) - set(before.get("categories", [])))
+        removed = sorted(set(before.get("categories", [])) - set(after.get("categories", [])))
         # names is in the categories' display order; keys no longer configured go last.
         order = {key: position for position, key in enumerate(names)}
         added.sort(key=lambda k: order.get(k, len(order)))

@@ -16,8 +16,8 @@ class DiscrepancyKind(models.TextChoices):
 
 
 class Resolution(models.TextChoices):
-    PUSHED = "pushed", "App's value pushed"
-    ACCEPTED = "accepted", "External value accepted"
+    PUSHED = "pushed", "App's values pushed"
+    ACCEPTED = "accepted", "System's values accepted"
     DISMISSED = "dismissed", "Dismissed with a note"
     DISAPPEARED = "disappeared", "Disappeared by itself"
 

@@ -349,7 +349,9 @@ def describe_run(run: AscendRun) -> str:
 
 def _mark_contacts_sent(run: AscendRun) -> None:
     """Ascend now has every change of the window: move each contact's Ascend mark up to the
-    newest version the window holds (category-only changes have nothing for Ascend)."""
+    newest version the window holds (category-only changes have nothing for Ascend). A
+    correction (a discrepancy pushed to Ascend: no version) settles the mark it left
+    pending; GREATEST ignores its NULL version."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -362,12 +364,19 @@ def _mark_contacts_sent(run: AscendRun) -> None:
                    updated_at = now()
               FROM (SELECT contact_id, MAX(contact_version) AS version
                       FROM audit_auditentry
-                     WHERE id > %s AND id <= %s AND contact_version IS NOT NULL
+                     WHERE id > %s AND id <= %s AND contact_id IS NOT NULL
+                       AND (contact_version IS NOT NULL OR action = %s)
                      GROUP BY contact_id) AS window_
               JOIN preferences_contact AS contact ON contact.id = window_.contact_id
              WHERE sync.contact_id = window_.contact_id AND sync.target = %s
             """,
-            [SyncStatus.SYNCED, run.after_id, run.up_to_id, TARGET],
+            [
+                SyncStatus.SYNCED,
+                run.after_id,
+                run.up_to_id,
+                AuditAction.DISCREPANCY_RESOLVED,
+                TARGET,
+            ],
         )
 
 

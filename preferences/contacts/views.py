@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditAction, AuditEntry, Source
 from integrations import core
-from integrations.models import Discrepancy
+from integrations.models import Discrepancy, DiscrepancyKind
 from lib.access import HtmxHttpRequest, staff_view
 from lib.channels import Channel
 from preferences.contacts.forms import PreferencesForm, SearchForm
@@ -121,7 +121,13 @@ def _render_contact(
 
 
 def _open_discrepancies(contact: Contact) -> list[Discrepancy]:
-    found = list(Discrepancy.objects.open().filter(contact=contact).order_by("first_seen"))
+    # A shared email is listed once, on its first contact, but concerns each of them.
+    shared = Q(
+        kind=DiscrepancyKind.DUPLICATE_EMAIL, details__contacts__contains=[{"id": contact.pk}]
+    )
+    found = list(
+        Discrepancy.objects.open().filter(Q(contact=contact) | shared).order_by("first_seen")
+    )
     for one in found:
         one.system_label = system_label(one.system)  # type: ignore[attr-defined]
     return found

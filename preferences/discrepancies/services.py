@@ -17,7 +17,7 @@ from django.utils import timezone
 from audit.models import AuditAction, AuditEntry
 from audit.services import record
 from integrations import core
-from integrations.models import Discrepancy, DiscrepancyKind, Resolution
+from integrations.models import APP, Discrepancy, DiscrepancyKind, Resolution
 from lib.channels import Channel
 from preferences.models import ContactSync, EmailCategory, SyncStatus
 from preferences.services import ChangeRefused, ConsentEvidence, apply_change, current_state
@@ -44,6 +44,10 @@ def _note(note: str) -> str:
     if "\x00" in note:
         raise ChangeRefused("The note contains a character that cannot be stored (NUL).")
     return note
+
+
+def system_label(name: str) -> str:
+    return "the app's own data" if name == APP else core.label(name)
 
 
 def _resolve(found: Discrepancy, how: str, actor: User, entry: AuditEntry) -> Discrepancy:
@@ -86,16 +90,27 @@ def push_app_values(*, discrepancy_id: int, actor: User, note: str) -> Discrepan
                 AuditAction.DISCREPANCY_RESOLVED, actor=actor, contact=contact, note=said
             )
         else:
+            # Its snapshots go from the system's opt-outs to the app's, so the export lists
+            # it as a change row; the row pending keeps the next reconciliation from judging
+            # the contact until the file has gone (the export settles it).
             theirs = opt_outs(found.details.get("remote") or {})
             ours = dict(app.opted_out)
+            categories = sorted(app.categories)
+            said = (
+                f"Correction for {target.label}'s next change file (discrepancy #{found.pk}): "
+                f"{note}"
+            )
             entry = record(
                 AuditAction.DISCREPANCY_RESOLVED,
                 actor=actor,
                 contact=contact,
                 channels=[c for c in Channel.values if theirs[c] != ours[c]],
-                before={"opted_out": theirs},
-                after={"opted_out": ours},
+                before={"opted_out": theirs, "categories": categories},
+                after={"opted_out": ours, "categories": categories},
                 note=said,
+            )
+            ContactSync.objects.filter(contact=contact, target=target.name).update(
+                status=SyncStatus.PENDING, updated_at=timezone.now()
             )
         return _resolve(found, Resolution.PUSHED, actor, entry)
 
@@ -122,7 +137,7 @@ def accept_external_values(
             kept = current_state(found.contact).categories - active
             categories = set(remote["categories"]) | kept
         try:
-            entry = apply_change(
+            change = apply_change(
                 contact=found.contact,
                 actor=actor,
                 source="staff",
@@ -132,17 +147,19 @@ def accept_external_values(
                 consent=consent,
                 already_in=[target.name],
             )
+            said = f"Accepted {target.label}'s values, change PD-{change.pk}"
         except ChangeRefused as refused:
             if "Nothing to change" not in str(refused):
                 raise
-            # The app holds those values already (changed since the night): say so.
-            entry = record(
-                AuditAction.DISCREPANCY_RESOLVED,
-                actor=actor,
-                contact=found.contact,
-                note=f"{target.label}'s values were the app's already "
-                f"(discrepancy #{found.pk}): {note}",
-            )
+            said = f"{target.label}'s values were the app's already"  # changed since the night
+        # A resolution entry of its own too, so the log's "Discrepancy resolved" lists every
+        # way one was resolved; the change itself is the entry above.
+        entry = record(
+            AuditAction.DISCREPANCY_RESOLVED,
+            actor=actor,
+            contact=found.contact,
+            note=f"{said} (discrepancy #{found.pk}): {note}",
+        )
         return _resolve(found, Resolution.ACCEPTED, actor, entry)
 
 
@@ -155,8 +172,8 @@ def dismiss(*, discrepancy_id: int, actor: User, note: str) -> Discrepancy:
             AuditAction.DISCREPANCY_RESOLVED,
             actor=actor,
             contact=found.contact,
-            note=f"Dismissed: {found.get_kind_display()} in {core.label(found.system)} "
-            f"({found.key}, discrepancy #{found.pk}): {note}",
+            note=f"Dismissed (discrepancy #{found.pk}, {found.get_kind_display().lower()} in "
+            f"{system_label(found.system)}): {note}",
         )
         return _resolve(found, Resolution.DISMISSED, actor, entry)
 

@@ -56,12 +56,14 @@ def discrepancy_list(request: HtmxHttpRequest) -> HttpResponse:
         id="discrepancies-chart",
     )
     chart.summary = f"Discrepancies found per night, last {len(nights)} nights: {chart.total}"
+    nights_shown = len(nights)
     chosen = {k: v for k, v in request.GET.items() if k in FILTERS and v}
     context = {
         "form": form,
         "page": page,
         "filter_query": urlencode(chosen),
         "panel": chart,
+        "nights": nights_shown,
         "legend": [(series.css, series.label) for series in KIND_SERIES],
         "runs": runs,
     }
@@ -85,7 +87,8 @@ class Row:
 
     @property
     def differs(self) -> bool:
-        return self.app != self.remote
+        # A side that holds no such contact ("—") is the discrepancy itself, not a value.
+        return "—" not in (self.app, self.remote) and self.app != self.remote
 
 
 def comparison(found: Discrepancy) -> list[Row]:
@@ -159,7 +162,12 @@ def discrepancy_push(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except ChangeRefused as refused:
         form.add_error(None, str(refused))
         return _render_detail(request, _found(pk), status=422, push_form=form)
-    messages.success(request, f"The app's values go to {core.label(found.system)} again.")
+    if core.target(found.system).push is None:
+        messages.success(
+            request, f"The app's values go in {core.label(found.system)}'s next change file."
+        )
+    else:
+        messages.success(request, f"The app's values go to {core.label(found.system)} again.")
     return redirect("preferences:discrepancy", pk=pk)
 
 

@@ -4,6 +4,7 @@ audited, each refusing what it cannot do (docs/design.md, "Reconciliation")."""
 from __future__ import annotations
 
 import csv
+import html
 from typing import Any
 
 import pytest
@@ -93,9 +94,13 @@ def test_accepting_salesforces_values_changes_the_contact_through_the_one_servic
     state = current_state(contact)
     assert state.opted_out["phone"] is True and state.categories == {"newsletter"}
     found.refresh_from_db()
+    change = AuditEntry.objects.get(contact=contact, action=AuditAction.OPT_OUT)
+    assert change.note == f"Accepted Salesforce's values (discrepancy #{found.pk}): Right."
     entry = found.resolution_entry
-    assert found.resolution == "accepted" and entry.action == AuditAction.OPT_OUT
-    assert entry.note == f"Accepted Salesforce's values (discrepancy #{found.pk}): Right."
+    assert found.resolution == "accepted" and entry.action == AuditAction.DISCREPANCY_RESOLVED
+    assert entry.note == (
+        f"Accepted Salesforce's values, change PD-{change.pk} (discrepancy #{found.pk}): Right."
+    )
     # Salesforce told us: it is not sent back there, but goes everywhere else.
     syncs = dict(ContactSync.objects.filter(contact=contact).values_list("target", "status"))
     assert syncs["salesforce"] == "synced" and syncs["ascend"] == "pending"
@@ -115,7 +120,8 @@ def test_accepting_a_cleared_opt_out_needs_the_contacts_consent(contact, special
         discrepancy_id=found.pk, actor=system_user, note="She wrote.", consent=factories.consent()
     )
     assert current_state(contact).opted_out["email"] is False
-    assert Discrepancy.objects.get(pk=found.pk).resolution_entry.action == "re_enrolment"
+    assert AuditEntry.objects.filter(contact=contact, action="re_enrolment").count() == 1
+    assert Discrepancy.objects.get(pk=found.pk).resolution == "accepted"
 
 
 def test_accepting_values_the_app_holds_already_resolves_it_without_a_change(contact, system_user):
@@ -249,3 +255,45 @@ def test_the_contact_page_shows_an_open_discrepancy(
     found.resolved_at = timezone.now()
     found.save()
     assert "Values differ in Salesforce" not in specialist_client.get(url).content.decode()
+
+
+def test_an_ascend_correction_is_not_judged_again_until_the_file_has_gone(
+    contact, specialist, system_user, settings, tmp_path, system_client
+):
+    from integrations import reconcile
+    from tests.integrations.test_reconcile import write_ascend_file
+
+    settings.ASCEND_DESTINATION = str(tmp_path / "dropbox")
+    settings.ASCEND_STAGING_DIR = str(tmp_path / "staging")
+    (tmp_path / "dropbox").mkdir()
+    _opt_out(contact, specialist, email=True)
+    ascend.export()
+    write_ascend_file(tmp_path / "dropbox", [contact], {}, day="20261201")  # Ascend lost it
+    reconcile.run(["ascend"])
+    found = Discrepancy.objects.get(system="ascend")
+
+    found = services.push_app_values(discrepancy_id=found.pk, actor=system_user, note="Reload.")
+    (before_the_file,) = reconcile.run(["ascend"])
+
+    assert before_the_file.skipped == 1 and not Discrepancy.objects.open().exists()
+    ascend.export()
+    assert ContactSync.objects.get(contact=contact, target="ascend").status == "synced"
+    # The log and the contact page show the correction (its snapshots hold opt-outs only).
+    for url in (
+        reverse("audit:log"),
+        reverse("audit:entry", args=[found.resolution_entry_id]),
+        reverse("preferences:contact", args=[contact.pk]),
+    ):
+        assert system_client.get(url).status_code == 200, url
+
+
+def test_a_shared_email_shows_on_each_contacts_page(specialist_client, categories):
+    from integrations import reconcile
+
+    twins = [factories.make_contact(email="family@example.edu") for _ in range(2)]
+    reconcile.run(["app"])
+
+    for twin in twins:
+        page = specialist_client.get(reverse("preferences:contact", args=[twin.pk]))
+        text = html.unescape(page.content.decode())
+        assert "Email shared by several contacts in The app's own data" in text
