@@ -233,9 +233,15 @@ class StandIn:
     _dirty: threading.Event
     _httpd: TLSServer | None
     _threads: list[threading.Thread]
+    _more_httpds: list[TLSServer]
 
     def _server(self, address: tuple[str, int], context: ssl.SSLContext) -> TLSServer:
         raise NotImplementedError
+
+    def _more_servers(self, context: ssl.SSLContext) -> list[TLSServer]:
+        """Listeners a stand-in serves besides its own URL (another host of the same
+        service), started and stopped with it; none by default."""
+        return []
 
     def _save(self, path: Path) -> None:
         raise NotImplementedError
@@ -255,7 +261,8 @@ class StandIn:
         ca_path, cert_path, key_path = ensure_certificates(cert_dir, ca_name=self.ca_name)
         self.ca_path = str(ca_path)
         self._stopping.clear()
-        self._httpd = self._server((self.host, self.port), server_context(cert_path, key_path))
+        context = server_context(cert_path, key_path)
+        self._httpd = self._server((self.host, self.port), context)
         self.port = self._httpd.server_address[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._url = f"https://{host}:{self.port}"
@@ -267,6 +274,16 @@ class StandIn:
         )
         serve.start()
         self._threads = [serve]
+        self._more_httpds = self._more_servers(context)
+        for server in self._more_httpds:
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"{self.name}-{server.server_address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
         if self._state_file is not None:
             saver = threading.Thread(target=self._save_loop, name=f"{self.name}-saver", daemon=True)
             saver.start()
@@ -277,9 +294,11 @@ class StandIn:
         if self._httpd is None:
             return
         self._stopping.set()  # releases requests held by latency/timeout faults
-        self._httpd.shutdown()
-        self._httpd.close_connections()
-        self._httpd.server_close()
+        for server in (self._httpd, *self._more_httpds):
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        self._more_httpds = []
         for thread in self._threads:
             thread.join(timeout=5)
         self._httpd = None

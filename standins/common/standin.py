@@ -54,6 +54,7 @@ class HttpStandIn(StandIn):
         self._dirty = threading.Event()
         self._httpd = None
         self._threads = []
+        self._more_httpds = []
 
     def _server(self, address: tuple[str, int], context: ssl.SSLContext) -> StandInServer:
         return StandInServer(address, self, self.handler, context)

@@ -11,7 +11,10 @@ against ``ca_path``), speaking:
 
 It keeps one status per business unit and subscriber key (``{(mid, key): status}``), counts
 calls, and can be told to fail: latency, timeouts, HTTP 500/503, expired tokens, SOAP Server
-(transient) and Client (permanent) faults. Three ways to run it:
+(transient) and Client (permanent) faults, and the documented Client fault that is transient
+("Synchronous request cannot be completed at this time...", ``sync_unavailable``). The token
+request's ``account_id`` must be a JSON number, as "Access Token for Server-to-Server
+Integrations" documents it. Three ways to run it:
 
 - in-process: ``with running_standin() as server: ...`` (wrap that in a pytest fixture);
 - in another process, driven over HTTPS: ``with standin_process() as server: ...`` yields a
@@ -34,7 +37,7 @@ SOAP faults), ``routes`` (the token endpoint, Retrieve and Update), ``faults``, 
 from standins.common.control import CONTROL_PREFIX, DEFAULT_CLIENT_ID, SECRET_HEADER
 from standins.marketing_cloud.cli import main
 from standins.marketing_cloud.control import MarketingCloudStandInClient, standin_process
-from standins.marketing_cloud.faults import FAULT_KINDS
+from standins.marketing_cloud.faults import FAULT_KINDS, SYNC_UNAVAILABLE
 from standins.marketing_cloud.routes import TOKEN_LIFETIME, TOKEN_PATH
 from standins.marketing_cloud.soap import (
     API_FAULT,
@@ -66,6 +69,7 @@ __all__ = [
     "SOAP_PATH",
     "STATUSES",
     "SUBSCRIBER_PROPERTIES",
+    "SYNC_UNAVAILABLE",
     "TOKEN_LIFETIME",
     "TOKEN_PATH",
     "WSA",

@@ -28,15 +28,21 @@ FAULT_KINDS = frozenset(
         "expire_tokens",
         "server_fault",
         "client_fault",
+        "sync_unavailable",
     }
 )
 HTTP_KINDS = frozenset({"http_500", "http_503"})
-SOAP_KINDS = frozenset({"server_fault", "client_fault"})
+SOAP_KINDS = frozenset({"server_fault", "client_fault", "sync_unavailable"})
+SYNC_UNAVAILABLE = (
+    "Synchronous request cannot be completed at this time due to database problems. "
+    "This request was not processed."
+)
 EXPIRE_TOKENS = frozenset({"expire_tokens"})
 
 _SOAP_FAULTS = {
     "server_fault": ("Server", "Unplanned Outage", 2),
     "client_fault": ("Client", "User Not Authorized: web service access has not been set", 11),
+    "sync_unavailable": ("Client", SYNC_UNAVAILABLE, None),
 }
 
 

@@ -1,5 +1,15 @@
 """The protocol: the OAuth 2.0 client-credentials token endpoint (``POST /v2/token``, JSON)
-and the SOAP API (``POST /Service.asmx``): Retrieve and Update of Subscriber."""
+and the SOAP API (``POST /Service.asmx``): Retrieve and Update of Subscriber.
+
+The token request is as "Access Token for Server-to-Server Integrations" (Marketing Cloud
+Engagement developer guide) documents it: JSON ``grant_type``, ``client_id``,
+``client_secret``, optional ``scope`` and ``account_id``, the target business unit's MID,
+whose type the page gives as **number**. A MID sent as a string (or any other non-number)
+is refused with HTTP 400 ``invalid_request``, in the error shape that page shows
+(``error``, ``error_description``, ``error_uri``); the description is the stand-in's own.
+(The same page's example request writes ``"account_id": "12345"``, contradicting its own
+table; the stand-in follows the table.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from lxml import etree
 
@@ -53,6 +63,20 @@ def _refuse_token(status: int, error: str, description: str) -> Reply:
         "error_uri": "https://developer.salesforce.com/docs",
     }
     return Reply(status, payload)
+
+
+def _is_mid(value: object) -> TypeGuard[int | float]:
+    """A JSON number that is a whole MID (true and false are not numbers here)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _mid_text(value: object) -> str:
+    """A MID as the store keys it ("" for none given); as given if it is no number."""
+    if value is None:
+        return ""
+    return str(int(value)) if _is_mid(value) else str(value)
 
 
 class Account(Protocol):
@@ -108,7 +132,8 @@ class MarketingCloudRoutes:
             form = json.loads(body) if body else {}
         except ValueError:
             form = None
-        account_id = str(form.get("account_id") or "") if isinstance(form, dict) else ""
+        given = form.get("account_id") if isinstance(form, dict) else None
+        account_id = _mid_text(given)
         with store.lock:
             store.log.append(("token", account_id))
             delay = self._take(DELAY_KINDS, path)
@@ -141,6 +166,12 @@ class MarketingCloudRoutes:
                 "invalid_client",
                 "Client authentication failed. Make sure that the client ID and client "
                 "secret are valid.",
+            )
+        if given is not None and not _is_mid(given):
+            return _refuse_token(
+                400,
+                "invalid_request",
+                "account_id must be a number: the MID of the target business unit.",
             )
         mid = account_id or store.parent_mid
         if mid not in store.mids:

@@ -101,6 +101,8 @@ class SoapFault(Exception):
             sub(fault, "faultcode", f"soap:{self.kind}")
         sub(fault, "faultstring", self.message)
         sub(fault, "faultactor", url + SOAP_PATH)
+        if self.kind == "Client":
+            sub(fault, "detail")  # empty: Client faults carry no error code ("SOAP Faults")
         if self.kind == "Server":
             # Only Server faults carry an API fault structure.
             detail = sub(fault, "detail")

@@ -129,7 +129,9 @@ class MarketingCloudStandIn(HttpStandIn):
         http_500 / http_503 (an HTML error page, as from a load balancer), expire_tokens
         (invalidates every token; the call gets a Security fault "Login Failed"),
         server_fault (soap:Server "Unplanned Outage": transient), client_fault (soap:Client
-        "User Not Authorized": will not heal by itself).
+        "User Not Authorized": will not heal by itself), sync_unavailable (soap:Client
+        "Synchronous request cannot be completed at this time due to database problems. This
+        request was not processed.": a client fault that heals, to be retried).
 
         Lasts ``times`` requests, ``for_seconds``, ``until`` the callable returns true, or
         (none given) until ``clear_faults``/``reset``. Without ``path_contains`` it hits the

@@ -1,4 +1,5 @@
-"""Bulk API 2.0 query jobs on Contact: ``/services/data/vXX.X/jobs/query``.
+"""Bulk API 2.0 query jobs: ``/services/data/vXX.X/jobs/query``, on every object the org
+holds (Contact, Lead, Account, Task).
 
 As the "Bulk API 2.0 and Bulk API Developer Guide" describes them (Create a Query Job, Get
 Information About a Query Job, Get Information About All Query Jobs, Get Results for a
@@ -7,9 +8,11 @@ Query Job, Abort a Query Job, Delete a Query Job, Errors, Valid Date Format in R
 - ``POST jobs/query`` takes ``{"operation": "query" | "queryAll", "query": soql}`` and the
   optional ``contentType`` (CSV only), ``columnDelimiter`` and ``lineEnding``; it checks the
   query at once (a query the org cannot run is refused with 400, as the REST query refuses
-  it: MALFORMED_QUERY, INVALID_FIELD, INVALID_TYPE; the clauses the guide says Bulk API 2.0
-  does not support, and a job it cannot create, with INVALIDJOB) and answers the job in
-  state ``UploadComplete``.
+  it: MALFORMED_QUERY, among others for a dateTime literal in a form the SOQL reference does
+  not document, INVALID_FIELD, INVALID_TYPE, INVALID_QUERY_FILTER_OPERATOR; the clauses the
+  guide says Bulk API 2.0 does not support, and a job it cannot create, with INVALIDJOB) and
+  answers the job in state ``UploadComplete``. ``queryAll`` keeps deleted records, merged
+  ones with their ``MasterRecordId``.
 - ``GET jobs/query/<id>`` answers the job's information. Each read moves the job on:
   ``InProgress`` for as many reads as the stand-in's ``bulk_in_progress_polls`` says (0 by
   default), then ``JobComplete``. Completing takes the snapshot: the records the query
@@ -19,9 +22,10 @@ Query Job, Abort a Query Job, Delete a Query Job, Errors, Valid Date Format in R
 - ``GET jobs/query/<id>/results?maxRecords=&locator=`` answers one set of results as CSV: a
   header row with the fields as the query wrote them, then a row per record, every value in
   double quotes (as the guide's examples show), a null as an empty field, booleans ``true`` /
-  ``false``, date-times as ``2024-05-01T12:00:00.000Z``. ``Sforce-NumberOfRecords`` counts the
-  set's rows; ``Sforce-Locator`` names the next set, or is ``null`` after the last. A locator
-  stays valid as long as its job exists. Only a ``JobComplete`` job has results.
+  ``false`` (a checkbox never set is ``false``), date-times as ``2024-05-01T12:00:00.000Z``.
+  ``Sforce-NumberOfRecords`` counts the set's rows; ``Sforce-Locator`` names the next set,
+  or is ``null`` after the last. A locator stays valid as long as its job exists. Only a
+  ``JobComplete`` job has results.
 - ``PATCH jobs/query/<id>`` with ``{"state": "Aborted"}`` aborts an ``UploadComplete`` or
   ``InProgress`` job; ``DELETE jobs/query/<id>`` deletes a terminated one (204).
 
@@ -37,14 +41,16 @@ import binascii
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from standins.common.http import Reply
 from standins.salesforce.errors import NOT_FOUND, Refusal
-from standins.salesforce.query import Selection, parse_select
+from standins.salesforce.query import parse_query, select
+from standins.salesforce.schema import ObjectSchema
+from standins.salesforce.soql import Query, field_value
 from standins.salesforce.store import (
     API_USER_ID,
     SalesforceStore,
@@ -139,24 +145,48 @@ def _cell(value: Any, datetimes: dict[datetime, str]) -> str:
     return _quoted(str(value))
 
 
+# How a column reads its value from a record: (key, default) of a stored field, or a
+# function for a worked-out one (a Name, a relationship path).
+Column = tuple[str, Any] | Callable[[Mapping[str, Any]], Any]
+
+
 @dataclass(frozen=True)
 class CsvPage:
     """One set of a job's results, rendered to bytes when the answer is written."""
 
     records: list[dict[str, Any]]  # the set's records, in order
     header: list[str]  # the fields as the query wrote them
-    names: list[str]  # the same fields in the org's spelling: the record keys
+    columns: list[Column]  # how each field's value is read
     delimiter: str
     line_ending: str
 
     def render(self) -> bytes:
-        delimiter, names = self.delimiter, self.names
+        delimiter, columns = self.delimiter, self.columns
         datetimes: dict[datetime, str] = {}
         lines = [delimiter.join(_quoted(name) for name in self.header)]
-        lines.extend(
-            delimiter.join([_cell(record.get(name), datetimes) for name in names])
-            for record in self.records
-        )
+        stored = [column for column in columns if isinstance(column, tuple)]
+        if len(stored) == len(columns):
+            lines.extend(
+                delimiter.join(
+                    [_cell(record.get(key, default), datetimes) for key, default in stored]
+                )
+                for record in self.records
+            )
+        else:
+            lines.extend(
+                delimiter.join(
+                    [
+                        _cell(
+                            column(record)
+                            if callable(column)
+                            else record.get(column[0], column[1]),
+                            datetimes,
+                        )
+                        for column in columns
+                    ]
+                )
+                for record in self.records
+            )
         lines.append("")  # every row, the last included, ends with the line ending
         return self.line_ending.join(lines).encode()
 
@@ -165,7 +195,7 @@ class CsvPage:
 class QueryJob:
     id: str
     operation: str
-    selection: Selection
+    selection: Query
     version: str
     column_delimiter: str
     line_ending: str
@@ -182,7 +212,7 @@ class QueryJob:
         info: dict[str, Any] = {
             "id": self.id,
             "operation": self.operation,
-            "object": "Contact",
+            "object": self.selection.object.name,
             "createdById": API_USER_ID,
             "createdDate": format_datetime(self.created),
             "systemModstamp": format_datetime(self.modstamp),
@@ -237,7 +267,7 @@ class BulkQueries:
             raise _invalid_job(
                 f"Bulk API 2.0 does not support {unsupported.group(0).strip()!r} in a query"
             )
-        selection = parse_select(self.store, soql, where_required=False)
+        selection = parse_query(self.store, soql)
         stamp = _now()
         job = QueryJob(
             id=self.store.next_id("750"),
@@ -296,11 +326,10 @@ class BulkQueries:
                 raise Refusal(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
             start = decoded
         end = min(start + max_records, len(snapshot))
-        names = [self.store.field_name(name) for name in job.selection.names]
         page = CsvPage(
             records=snapshot[start:end],
             header=job.selection.names,
-            names=names,
+            columns=_columns(job.selection),
             delimiter=COLUMN_DELIMITERS[job.column_delimiter],
             line_ending=LINE_ENDINGS[job.line_ending],
         )
@@ -351,8 +380,28 @@ class BulkQueries:
         job.modstamp = _now()
 
     def _complete(self, job: QueryJob) -> None:
-        job.snapshot = job.selection.matches(
-            self.store, include_deleted=job.operation == "queryAll"
+        job.snapshot = select(
+            self.store, job.selection, include_deleted=job.operation == "queryAll"
         )
         job.processing_ms = int((time.monotonic() - job.started) * 1000)
         self._set_state(job, JOB_COMPLETE)
+
+
+def _columns(query: Query) -> list[Column]:
+    schema = query.object
+    columns: list[Column] = []
+    for path in query.fields:
+        name = path.name
+        declared = schema.field(name) if "." not in name else None
+        if "." in name or (declared is not None and declared.calculated):
+            columns.append(_worked_out(schema, name))
+        else:
+            columns.append((name, False if path.type == "boolean" else None))
+    return columns
+
+
+def _worked_out(schema: ObjectSchema, name: str) -> Callable[[Mapping[str, Any]], Any]:
+    def value(record: Mapping[str, Any]) -> Any:
+        return field_value(schema, record, name)
+
+    return value

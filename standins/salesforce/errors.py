@@ -1,5 +1,7 @@
-"""Salesforce's shapes for saying no: a whole call (``[{"message", "errorCode"}]``) and one
-record of a collection (``{"id", "success", "errors"}``)."""
+"""Salesforce's shapes for saying no, as the REST API Developer Guide shows them ("Status
+Codes and Error Responses"; "sObject Collections"): a whole call (``[{"message",
+"errorCode"}]``, a validation rule's with its ``fields``) and one record of a collection
+(``{"id", "success", "errors": [{"statusCode", "message", "fields"}]}``)."""
 
 from __future__ import annotations
 

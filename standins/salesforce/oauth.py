@@ -1,5 +1,26 @@
 """The OAuth 2.0 token endpoint (client credentials and the JWT bearer flow) and the
-sessions its tokens open."""
+sessions its tokens open, on the two hosts a Salesforce client meets.
+
+The stand-in's own URL is the org's **My Domain** (``https://MyDomainName.my.salesforce.com``).
+Its **login host** (``login_url``, a second port on the same server) stands for the generic
+``https://login.salesforce.com``: it answers the token endpoint and nothing else.
+
+- Client credentials ("OAuth 2.0 Client Credentials Flow for Server-to-Server
+  Integration", Salesforce Help): the token request goes to the org's My Domain; the login
+  host refuses it, as Salesforce does, with HTTP 400 ``{"error": "invalid_grant",
+  "error_description": "request not supported on this domain"}``.
+- JWT bearer ("OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration", Salesforce
+  Help): the assertion may be posted to either host; its ``aud`` must be
+  ``https://login.salesforce.com``, ``https://test.salesforce.com`` or an Experience Cloud
+  site URL, never the My Domain URL. ``jwt_audiences`` lists what this org accepts (by
+  default the login and test hosts; add a site URL there), and the login host's own URL
+  counts as ``https://login.salesforce.com``, which it stands for. Any other audience is
+  refused with HTTP 400 ``invalid_grant`` ``audience is invalid``, the error Salesforce
+  answers ("OAuth 2.0 Authorization Errors": a JWT bearer error is a standard OAuth error
+  response, RFC 7523).
+
+Tokens are issued for the org: ``instance_url`` is always the My Domain URL.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +31,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -21,6 +43,9 @@ from standins.salesforce.store import API_USER_ID, ORG_ID
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_PATH = "/services/oauth2/token"  # noqa: S105 (a path, not a password)
+LOGIN_AUDIENCE = "https://login.salesforce.com"
+SANDBOX_AUDIENCE = "https://test.salesforce.com"
+DEFAULT_JWT_AUDIENCES = (LOGIN_AUDIENCE, SANDBOX_AUDIENCE)
 
 
 class ConnectedApp(Protocol):
@@ -33,6 +58,9 @@ class ConnectedApp(Protocol):
     @property
     def url(self) -> str: ...
 
+    @property
+    def login_url(self) -> str: ...
+
 
 def _refuse(error: str, description: str) -> Reply:
     return Reply(400, {"error": error, "error_description": description})
@@ -43,13 +71,33 @@ class OAuth:
     worker holding one carries on."""
 
     def __init__(
-        self, app: ConnectedApp, lock: threading.RLock, *, jwt_audiences: Iterable[str]
+        self,
+        app: ConnectedApp,
+        lock: threading.RLock,
+        *,
+        jwt_audiences: Iterable[str] = DEFAULT_JWT_AUDIENCES,
     ) -> None:
         self.app = app
         self._lock = lock
         self._tokens: dict[str, float] = {}
         self._jwt_key: Any = None
-        self._jwt_audiences = set(jwt_audiences)
+        self.jwt_audiences = tuple(jwt_audiences)
+
+    def audiences(self) -> list[str]:
+        """The ``aud`` values an assertion may name: the configured ones (and the login
+        host's URL for https://login.salesforce.com), each with or without a trailing slash;
+        never the My Domain URL."""
+        accepted = list(self.jwt_audiences)
+        if LOGIN_AUDIENCE in accepted:
+            with suppress(RuntimeError):  # not started: no login host yet
+                accepted.append(self.app.login_url)
+        my_domain = self.app.url.rstrip("/")
+        return [
+            form
+            for audience in accepted
+            if audience.rstrip("/") != my_domain
+            for form in (audience.rstrip("/"), audience.rstrip("/") + "/")
+        ]
 
     def set_jwt_public_key(self, pem: str | bytes) -> None:
         self._jwt_key = serialization.load_pem_public_key(
@@ -66,13 +114,22 @@ class OAuth:
         with self._lock:
             self._tokens.clear()
 
-    def token(self, method: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        """Answer ``POST /services/oauth2/token``."""
+    def token(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        login_host: bool = False,
+    ) -> Reply:
+        """Answer ``POST /services/oauth2/token`` on the My Domain or the login host."""
         if method != "POST":
             return _refuse("invalid_request", "must use HTTP POST")
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
-        if grant == "client_credentials":
+        if grant == "client_credentials" and login_host:
+            refusal: Reply | None = _refuse("invalid_grant", "request not supported on this domain")
+        elif grant == "client_credentials":
             refusal = self._check_client(form, headers)
         elif grant == JWT_GRANT:
             refusal = self._check_assertion(form.get("assertion", ""))
@@ -103,13 +160,12 @@ class OAuth:
         app = self.app
         if self._jwt_key is None:
             return _refuse("invalid_grant", "no certificate is configured for this client")
-        audiences = {app.url, app.url + "/", *self._jwt_audiences}
         try:
             claims = jwt.decode(
                 assertion,
                 self._jwt_key,
                 algorithms=["RS256"],
-                audience=list(audiences),
+                audience=self.audiences(),
                 options={"require": ["iss", "sub", "aud", "exp"]},
             )
         except jwt.ExpiredSignatureError:

@@ -1,145 +1,137 @@
-"""Reading contacts: SOQL (the two shapes the inbound sync sends), queryMore pages, and
-getUpdated. Called with the store's lock held.
+"""Reading records: the REST API's ``query`` and ``queryAll`` with their ``queryMore`` pages
+(REST API Developer Guide, "Execute a SOQL Query", "Execute a SOQL Query that Includes
+Deleted Items"), and getUpdated ("Get Updated Records"). Called with the store's lock held.
 
-``parse_select`` and ``Selection`` are shared with the Bulk API 2.0 query jobs (bulk.py),
-which also take a query without WHERE.
+A query is parsed by ``soql.py``; ``select`` narrows it through the store first where it
+can (a contact's SystemModstamp window through the stamp index, an ``Id IN`` list by key),
+so the inbound sync's queries stay cheap however many contacts the org holds. ``query``
+leaves deleted records out; ``queryAll`` keeps them, with ``IsDeleted`` true, and so finds
+contacts deleted in a merge with their ``MasterRecordId`` ("merge()", SOAP API Developer
+Guide: "Use queryAll() to view records that have been deleted during a merge").
+
+``select`` and ``record_row`` are shared with the Bulk API 2.0 query jobs (bulk.py).
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from standins.common.http import Reply
 from standins.salesforce.errors import Refusal
+from standins.salesforce.schema import ObjectSchema
+from standins.salesforce.soql import Query, field_value, parse
 from standins.salesforce.store import (
     BASE62,
     SalesforceStore,
     format_datetime,
-    normalize_id,
     parse_datetime,
 )
 
 DEFAULT_PAGE_SIZE = 2000
 _KEPT_CURSORS = 50  # like Salesforce, old cursors expire
 
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_DATETIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})"
-_SELECT = re.compile(
-    r"^SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<object>\w+)(?:\s+WHERE\s+(?P<where>.+))?$", re.I
-)
-_WINDOW = re.compile(
-    rf"^SystemModstamp\s*>\s*(?P<since>{_DATETIME})"
-    rf"(?:\s+AND\s+SystemModstamp\s*<=\s*(?P<until>{_DATETIME}))?"
-    r"\s+ORDER\s+BY\s+SystemModstamp(?:\s+ASC)?(?:\s*,\s*Id(?:\s+ASC)?)?"
-    r"(?:\s+LIMIT\s+(?P<limit>\d+))?$",
-    re.I,
-)
-_ID_LIST = re.compile(
-    r"^Id\s+IN\s*\((?P<ids>\s*'[A-Za-z0-9]+'(?:\s*,\s*'[A-Za-z0-9]+')*\s*)\)"
-    r"(?:\s+LIMIT\s+(?P<limit>\d+))?$",
-    re.I,
-)
+
+def parse_query(store: SalesforceStore, soql: str) -> Query:
+    """A query on the org's sObjects (Contact, Lead, Account, Task)."""
+    return parse(soql, store.org.object, lambda schema, name: _spelling(store, schema, name))
 
 
-def _malformed(soql: str, *, where_required: bool = True) -> Refusal:
-    also = "" if where_required else " and 'SELECT f FROM Contact'"
-    return Refusal(
-        400,
-        "MALFORMED_QUERY",
-        "The stand-in answers only 'SELECT f FROM Contact WHERE SystemModstamp > t "
-        "[AND SystemModstamp <= t] ORDER BY SystemModstamp[, Id] [LIMIT n]' and "
-        f"'SELECT f FROM Contact WHERE Id IN (...)'{also}; got: {soql[:200]}",
-    )
+def _spelling(store: SalesforceStore, schema: ObjectSchema, name: str) -> str:
+    return store.field_name_for(schema.name, name)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """A parsed ``SELECT``: the fields as written, and which contacts it takes."""
+def select(store: SalesforceStore, query: Query, *, include_deleted: bool) -> list[dict[str, Any]]:
+    """The stored records the query selects now, in its order (the records themselves,
+    never copies)."""
+    object_name = query.object.name
+    records = store.records[object_name]
+    candidates: list[dict[str, Any]] | None = None
+    ordered_by_stamp = False
+    if object_name == "Contact":
+        candidates, ordered_by_stamp = _narrowed(store, query)
+    if candidates is None:
+        candidates = list(records.values())
+        if query.where is None and include_deleted:
+            return query.arrange(candidates)
+    if not include_deleted:
+        candidates = [record for record in candidates if not record.get("IsDeleted")]
+    test = query.where
+    if test is not None:
+        candidates = [record for record in candidates if test(record)]
+    if ordered_by_stamp and _stamp_order(query):
+        start = query.offset or 0
+        end = None if query.limit is None else start + query.limit
+        return candidates[start:end]
+    return query.arrange(candidates)
 
-    names: list[str]
-    since: datetime | None = None  # the SystemModstamp window, if it is one
+
+def _narrowed(store: SalesforceStore, query: Query) -> tuple[list[dict[str, Any]] | None, bool]:
+    """Contacts a query's top-level AND terms leave, read from an index; None: every one.
+    True when they come in SystemModstamp, Id order."""
+    since: datetime | None = None
     until: datetime | None = None
-    ids: list[str | None] | None = None  # the Id list, if it is one
-    limit: int | None = None
-
-    def matches(self, store: SalesforceStore, *, include_deleted: bool) -> list[dict[str, Any]]:
-        """The stored records it selects now (the records themselves, never copies)."""
-        if self.since is not None:
-            found = store.in_window(self.since, self.until, inclusive_start=False)
-        elif self.ids is not None:
-            contacts = store.contacts
-            found = [contacts[k] for k in dict.fromkeys(self.ids) if k in contacts]
-        else:
-            found = list(store.contacts.values())
-        if not include_deleted:
-            found = [record for record in found if not record["IsDeleted"]]
-        return found if self.limit is None else found[: self.limit]
-
-
-def parse_select(store: SalesforceStore, soql: str, *, where_required: bool = True) -> Selection:
-    """Parse one of the SOQL shapes the stand-in answers, checking the fields against the
-    org's schema; raise the Refusal Salesforce would answer otherwise."""
-    text = " ".join(soql.split())
-    select = _SELECT.match(text)
-    if select is None or (where_required and select["where"] is None):
-        raise _malformed(soql, where_required=where_required)
-    if select["object"].lower() != "contact":
-        message = f"sObject type '{select['object']}' is not supported"
-        raise Refusal(400, "INVALID_TYPE", message)
-    names = [name.strip() for name in select["fields"].split(",")]
-    if not all(_FIELD_NAME.match(name) for name in names):
-        raise _malformed(soql, where_required=where_required)
-    lowered = [name.lower() for name in names]
-    if len(set(lowered)) != len(lowered):
-        raise Refusal(400, "MALFORMED_QUERY", "duplicate field selected")
-    if store.schema is not None:
-        unknown = [name for name in names if name.lower() not in store.schema]
-        if unknown:
-            raise Refusal(
-                400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity 'Contact'"
-            )
-    where = select["where"]
-    if where is None:
-        return Selection(names)
-    window = _WINDOW.match(where)
-    id_list = _ID_LIST.match(where)
-    if window is not None:
-        limit = window["limit"]
-        return Selection(
-            names,
-            since=parse_datetime(window["since"]),
-            until=parse_datetime(window["until"]) if window["until"] else None,
-            limit=int(limit) if limit is not None else None,
-        )
-    if id_list is not None:
-        limit = id_list["limit"]
-        keys = [normalize_id(raw.strip().strip("'")) for raw in id_list["ids"].split(",")]
-        return Selection(names, ids=keys, limit=int(limit) if limit is not None else None)
-    raise _malformed(soql, where_required=where_required)
+    inclusive = False
+    for path, operator, literal in query.conjuncts:
+        name = path.name.lower()
+        if name == "systemmodstamp" and literal.kind == "datetime":
+            if operator in (">", ">=") and (since is None or literal.value > since):
+                since, inclusive = literal.value, operator == ">="
+            elif operator in ("<", "<=") and (until is None or literal.value < until):
+                until = literal.value
+        elif name == "id" and operator == "=" and literal.kind == "id":
+            record = store.contacts.get(literal.value)
+            return ([record] if record is not None else []), False
+    if since is not None:
+        return store.in_window(since, until, inclusive_start=inclusive), True
+    ids = query.id_list
+    if ids is not None:
+        contacts = store.contacts
+        return [contacts[key] for key in dict.fromkeys(ids) if key in contacts], False
+    return None, False
 
 
-def contact_row(
-    store: SalesforceStore, record: Mapping[str, Any], names: list[str] | None, version: str
+def _stamp_order(query: Query) -> bool:
+    """Whether the query's ORDER BY is the stamp index's own order (or none)."""
+    order = [(path.name.lower(), descending) for path, descending, _ in query.order]
+    return order in ([], [("systemmodstamp", False)], [("systemmodstamp", False), ("id", False)])
+
+
+def record_row(
+    schema: ObjectSchema,
+    record: Mapping[str, Any],
+    query: Query | None,
+    version: str,
+    names: list[str] | None = None,
+    *,
+    url_base: str = "sobjects",
 ) -> dict[str, Any]:
-    """A contact as the API shows it: all its fields, or those named, in the org's
-    spelling."""
+    """A record as the API shows it: all its fields, or those the query (or ``names``)
+    asks for, in the org's spelling and the query's order."""
     row: dict[str, Any] = {
         "attributes": {
-            "type": "Contact",
-            "url": f"/services/data/{version}/sobjects/Contact/{record['Id']}",
+            "type": schema.name,
+            "url": f"/services/data/{version}/{url_base}/{schema.name}/{record['Id']}",
         }
     }
-    if names is None:
+    if query is None and names is None:
         row.update(record)
         return row
-    for name in names:
-        canonical = store.field_name(name)
-        row[canonical] = record.get(canonical)
+    wanted = [path.name for path in query.fields] if query is not None else names or []
+    for name in wanted:
+        value = field_value(schema, record, name)
+        if "." not in name:
+            row[name] = value
+            continue
+        relationship, _, field_name = name.partition(".")
+        related = record.get(relationship)
+        attributes = related.get("attributes") if isinstance(related, Mapping) else None
+        nested = row.setdefault(
+            relationship, {"attributes": attributes or {"type": relationship, "url": None}}
+        )
+        nested[field_name] = value
     return row
 
 
@@ -150,24 +142,25 @@ class Queries:
         self.store = store
 
     def query(self, soql: str, endpoint: str, version: str, page_size: int) -> Reply:
-        """``query`` or ``queryAll`` (which includes deleted contacts)."""
+        """``query`` or ``queryAll`` (which includes deleted records)."""
         store = self.store
-        selection = parse_select(store, soql)
-        matches = selection.matches(store, include_deleted=endpoint == "queryAll")
-        rows = [contact_row(store, record, selection.names, version) for record in matches]
-        return Reply(200, self._page(rows, 0, endpoint, version, None, page_size))
+        parsed = parse_query(store, soql)
+        matches = select(store, parsed, include_deleted=endpoint == "queryAll")
+        return Reply(200, self._page(matches, parsed, 0, endpoint, version, None, page_size))
 
     def query_more(self, locator: str, endpoint: str, version: str, page_size: int) -> Reply:
         cursor, _, position = locator.rpartition("-")
-        rows = self.store.cursors.get(cursor)
-        if rows is None or not position.isdigit():
+        found = self.store.cursors.get(cursor)
+        if found is None or not position.isdigit():
             raise Refusal(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        page = self._page(rows, int(position), endpoint, version, cursor, page_size)
+        records, parsed = found
+        page = self._page(records, parsed, int(position), endpoint, version, cursor, page_size)
         return Reply(200, page)
 
     def _page(
         self,
-        rows: list[dict[str, Any]],
+        records: list[dict[str, Any]],
+        parsed: Query,
         start: int,
         endpoint: str,
         version: str,
@@ -175,13 +168,14 @@ class Queries:
         page_size: int,
     ) -> dict[str, Any]:
         end = start + max(1, page_size)
-        done = end >= len(rows)
-        page: dict[str, Any] = {"totalSize": len(rows), "done": done, "records": rows[start:end]}
+        done = end >= len(records)
+        rows = [record_row(parsed.object, r, parsed, version) for r in records[start:end]]
+        page: dict[str, Any] = {"totalSize": len(records), "done": done, "records": rows}
         if not done:
             if cursor is None:
                 cursors = self.store.cursors
                 cursor = "01g" + "".join(secrets.choice(BASE62) for _ in range(15))
-                cursors[cursor] = rows
+                cursors[cursor] = (records, parsed)
                 while len(cursors) > _KEPT_CURSORS:
                     cursors.popitem(last=False)
             page["nextRecordsUrl"] = f"/services/data/{version}/{endpoint}/{cursor}-{end}"

@@ -20,17 +20,32 @@ and the error location as its field, like any validation rule. The stand-in appl
 API updates (sObject PATCH, sObject Collections, either inside composite); the test helpers
 that load or change data directly (add_contacts, external_update) bypass it, as a data load
 run with validation rules switched off would.
+
+The Tooling API shows the rule as a ``ValidationRule`` record ("ValidationRule", Tooling API
+Developer Guide): ``ValidationName``, ``Active``, ``ErrorMessage``, ``ErrorDisplayField``,
+``EntityDefinition`` (Contact), and its ``Metadata`` (``errorConditionFormula`` and the
+rest, as the Metadata API's ValidationRule type has them). An org without the rule, or
+without the field it reads, has no such record; an inactive rule is listed with ``Active``
+false and refuses nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from standins.salesforce.store import VERSION_FIELD, RecordError
+from standins.salesforce.store import ADMIN_USER_ID, VERSION_FIELD, RecordError, make_id
 
 VERSION_RULE_NAME = "Preference_Version_Not_Older"
+VERSION_RULE_ID = make_id("03d", 1)
+LEAD_VERSION_RULE_ID = make_id("03d", 2)  # the same rule on Lead (README, Salesforce set-up)
+VERSION_RULE_DESCRIPTION = (
+    "Preference Desk: a late or repeated push may not overwrite a newer change "
+    "(README, Salesforce set-up)."
+)
+_INSTALLED = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
 VERSION_RULE_FORMULA = f"PRIORVALUE({VERSION_FIELD}) > {VERSION_FIELD}"
 VERSION_RULE_MESSAGE = (
     "PD_SUPERSEDED: a newer Preference Desk change is already stored for this contact."
@@ -69,3 +84,63 @@ def version_rule_error(
     if prior is None or after is None:
         return None
     return VERSION_RULE_ERROR if prior > after else None
+
+
+def version_rule_record(*, active: bool, object_name: str = "Contact") -> dict[str, Any]:
+    """The rule, on Contact or Lead, as the Tooling API's ValidationRule object shows it."""
+    return validation_rule_record(
+        rule_id=VERSION_RULE_ID if object_name == "Contact" else LEAD_VERSION_RULE_ID,
+        object_name=object_name,
+        name=VERSION_RULE_NAME,
+        formula=VERSION_RULE_FORMULA,
+        message=VERSION_RULE_MESSAGE,
+        display_field=VERSION_FIELD,
+        active=active,
+        description=VERSION_RULE_DESCRIPTION,
+    )
+
+
+def validation_rule_record(
+    *,
+    rule_id: str,
+    object_name: str,
+    name: str,
+    formula: str,
+    message: str,
+    display_field: str | None,
+    active: bool,
+    description: str | None,
+) -> dict[str, Any]:
+    """A validation rule as the Tooling API's ValidationRule object shows it."""
+    metadata = {
+        "active": active,
+        "description": description,
+        "errorConditionFormula": formula,
+        "errorDisplayField": display_field,
+        "errorMessage": message,
+        "shouldEvaluateOnClient": None,
+        "urls": None,
+    }
+    return {
+        "Id": rule_id,
+        "ValidationName": name,
+        "Active": active,
+        "Description": description,
+        "ErrorMessage": message,
+        "ErrorDisplayField": display_field,
+        "EntityDefinitionId": object_name,
+        "EntityDefinition": {
+            "QualifiedApiName": object_name,
+            "DeveloperName": object_name,
+            "DurableId": object_name,
+            "Label": object_name,
+        },
+        "FullName": f"{object_name}.{name}",
+        "ManageableState": "unmanaged",
+        "NamespacePrefix": None,
+        "Metadata": metadata,
+        "CreatedDate": _INSTALLED,
+        "CreatedById": ADMIN_USER_ID,
+        "LastModifiedDate": _INSTALLED,
+        "LastModifiedById": ADMIN_USER_ID,
+    }

@@ -1,13 +1,28 @@
-"""The org's data: contacts and tasks, their Ids and SystemModstamps, the API usage, and
-what the state file keeps of them.
+"""The org's data: contacts, leads, accounts and tasks, their Ids and SystemModstamps, the
+API usage, and what the state file keeps of them.
 
 Methods that read or write records assume the caller holds ``lock``, except the helpers
-tests call (``add_contacts``, ``contact``, ``contacts``, ``tasks``, ``task``,
-``external_update``, ``delete_contact``), which take it themselves.
+tests call (``add_contacts``, ``add_records``, ``contact``, ``record``, ``contacts``,
+``tasks``, ``task``, ``external_update``, ``delete_contact``, ``merge_contacts``,
+``convert_lead``, ``add_person_account``), which take it themselves.
 
 A stored record is never changed in place: every write stores a new dict. The composite
 journal keeps the replaced one to roll back, and a Bulk API query job's snapshot (bulk.py)
 is a list of the records as they were when it completed, read without the lock.
+
+What Salesforce does beyond storing, as its documentation says:
+
+- merge ("merge()", SOAP API Developer Guide; "Triggers and Merge Statements", Apex
+  Developer Guide): the losing record is deleted with ``MasterRecordId`` set to the winner,
+  the winner is updated, and the loser's related records (its Tasks) move to the winner;
+  ``queryAll`` still finds the loser;
+- lead conversion ("convertLead()", SOAP API Developer Guide; "Change Events for Lead
+  Conversion"): the lead gets ``IsConverted``, ``ConvertedContactId`` and ``ConvertedDate``;
+  into an existing contact only its empty fields are filled;
+- person accounts ("Person Account Record Types", SOAP API Developer Guide): a person
+  account has a person contact (``PersonContactId``); the Person fields, the names and the
+  custom ``__pc`` fields are the contact's fields, so a write to either record shows on both
+  under one stamp ("Updating a Person Account", Change Data Capture Developer Guide).
 """
 
 from __future__ import annotations
@@ -22,14 +37,18 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+from standins.salesforce.schema import DEFAULT_TASK_EXTERNAL_ID as DEFAULT_TASK_EXTERNAL_ID
+from standins.salesforce.schema import VERSION_FIELD as VERSION_FIELD
+from standins.salesforce.schema import ObjectSchema, OrgSchema, person_name
+
 DEFAULT_API_ALLOWANCE = 100_000
-DEFAULT_TASK_EXTERNAL_ID = "Preference_Change_Id__c"
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _CHECKSUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _CAPITAL_FLAGS = str.maketrans({c: ("1" if "A" <= c <= "Z" else "0") for c in BASE62})
 _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _DATETIME_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
+OBJECTS = ("Contact", "Lead", "Account", "Task")
 READ_ONLY = frozenset(
     name.lower()
     for name in (
@@ -57,10 +76,16 @@ STANDARD_CONTACT_FIELDS = (
     "CreatedDate",
     "CreatedById",
 )
-# The field every push writes (the contact's version in the app), which the org's ordering
-# rule guards (rules.py). Its spelling is known, but like any custom field it is writable
-# under a declared schema (contact_fields) only when listed there.
-VERSION_FIELD = "Preference_Version__c"
+# A person account's fields that are its person contact's: (name on Account, on Contact).
+_SHARED = (
+    ("FirstName", "FirstName"),
+    ("LastName", "LastName"),
+    ("PersonEmail", "Email"),
+    ("PersonHasOptedOutOfEmail", "HasOptedOutOfEmail"),
+    ("PersonDoNotCall", "DoNotCall"),
+)
+PERSON_FIELDS = {account.lower(): contact for account, contact in _SHARED}
+_ACCOUNT_NAMES = {contact.lower(): account for account, contact in _SHARED}
 
 # How add_contacts takes a record with these keys: the keys it keeps, their org spelling,
 # and whether that is every key as given (the record is then merged in whole).
@@ -197,41 +222,42 @@ def revive(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SalesforceStore:
-    """Contacts by Id, tasks by external id, and the counters a reset clears."""
+    """Records by object and Id, and the counters a reset clears."""
 
     def __init__(
         self,
         *,
         lock: threading.RLock,
-        task_external_id: str,
+        schema: OrgSchema,
         api_allowance: int,
-        contact_fields: Iterable[str] | None,
         whole_second_modstamps: bool,
     ) -> None:
         self.lock = lock
-        self.task_external_id = task_external_id
+        self.org = schema
         self.whole_second_modstamps = whole_second_modstamps
         self.default_allowance = api_allowance
-        # None: any field may be written. Otherwise the org's Contact fields, lower-cased.
-        self.schema: set[str] | None = None
+        # Field spellings seen on Contact, lower-cased to the first spelling (the declared
+        # one where the schema has it): an open Contact takes any field a test writes.
         self._field_names = {
-            name.lower(): name for name in (*STANDARD_CONTACT_FIELDS, VERSION_FIELD)
+            field.name.lower(): field.name for field in self.org.objects["contact"].fields.values()
         }
         # Per set of keys given to add_contacts: which to keep, and their org spelling.
         self._load_plans: dict[tuple[str, ...], LoadPlan] = {}
-        if contact_fields is not None:
-            names = [*STANDARD_CONTACT_FIELDS, *contact_fields]
-            self.schema = {name.lower() for name in names}
-            self._field_names.update({name.lower(): name for name in names})
         self.clear()
 
+    @property
+    def task_external_id(self) -> str:
+        return self.org.task_external_id
+
     def clear(self) -> None:
-        self.contacts: dict[str, dict[str, Any]] = {}
-        self.tasks: dict[str, dict[str, Any]] = {}
-        # (SystemModstamp, Id) in write order, which is stamp order: the window queries
-        # bisect it instead of scanning every contact. Superseded entries are skipped.
+        self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in OBJECTS}
+        self.contacts = self.records["Contact"]
+        # (SystemModstamp, Id) of contacts in write order, which is stamp order: the window
+        # queries bisect it instead of scanning every contact. Superseded entries are skipped.
         self._by_stamp: list[tuple[datetime, str]] = []
-        self.cursors: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        # Task Ids by the value of the Task's external ID field (task_external_id).
+        self._task_keys: dict[str, list[str]] = {}
+        self.cursors: OrderedDict[str, tuple[list[dict[str, Any]], Any]] = OrderedDict()
         self._journal: dict[tuple[str, str], dict[str, Any] | None] | None = None
         self._serials: dict[str, int] = {}
         self._last_stamp = datetime(2000, 1, 1, tzinfo=UTC)
@@ -239,6 +265,21 @@ class SalesforceStore:
         self.api_calls = 0
         self.api_allowance = self.default_allowance
         self.log: deque[tuple[str, str]] = deque(maxlen=100_000)  # a demo runs for days
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        return self.records["Task"]
+
+    def schema(self, object_name: str) -> ObjectSchema:
+        schema = self.org.object(object_name)
+        if schema is None:
+            raise KeyError(object_name)
+        return schema
+
+    def object_of(self, record_id: str) -> str | None:
+        """The object an Id names, by its key prefix."""
+        schema = self.org.by_prefix(record_id[:3])
+        return schema.name if schema is not None else None
 
     # -- helpers for tests and the demo -------------------------------------------------------
 
@@ -249,7 +290,7 @@ class SalesforceStore:
             if self._journal is not None:  # never inside a composite call: nothing to undo
                 raise RuntimeError("add_contacts inside an all-or-none call")
             stamp = self.next_stamp()
-            template = self._new_contact("", stamp, ADMIN_USER_ID)
+            template = self._new_record("Contact", "", stamp, ADMIN_USER_ID)
             contacts = self.contacts
             plans = self._load_plans
             first_serial = serial = self._serials.get("003", 0)
@@ -294,24 +335,58 @@ class SalesforceStore:
         names = tuple(self._field_names.setdefault(key.lower(), key) for key in kept)
         return kept, names, kept == keys == names
 
-    def contact(self, contact_id: str) -> dict[str, Any] | None:
+    def add_records(
+        self, object_name: str, records: Iterable[Mapping[str, Any]], user_id: str = ADMIN_USER_ID
+    ) -> list[str]:
+        """Create records of any object as a data load would (one stamp, no validation
+        rules, read-only fields left out); returns their Ids. A field the object lacks in
+        this org fails the whole load (ValueError), as it fails a Bulk API ingest job: the
+        record would otherwise hold, and read back, a field the org does not have."""
         with self.lock:
-            key = normalize_id(contact_id)
-            record = self.contacts.get(key) if key else None
+            if self._journal is not None:
+                raise RuntimeError("add_records inside an all-or-none call")
+            schema = self.schema(object_name)
+            if schema.name == "Contact":
+                return self.add_contacts(records)
+            loads = [
+                {k: v for k, v in fields.items() if k.lower() not in READ_ONLY}
+                for fields in records
+            ]
+            unknown = sorted({name for kept in loads for name in kept if not schema.has(name)})
+            if unknown:
+                raise ValueError(f"No such column {', '.join(unknown)} on entity '{schema.name}'")
+            stamp = self.next_stamp()
+            return [
+                self.create(schema.name, self.canonical_for(schema.name, kept), stamp, user_id)
+                for kept in loads
+            ]
+
+    def contact(self, contact_id: str) -> dict[str, Any] | None:
+        return self.record("Contact", contact_id)
+
+    def record(self, object_name: str, record_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            key = normalize_id(record_id)
+            record = self.records[self.schema(object_name).name].get(key) if key else None
             return dict(record) if record is not None else None
 
-    def contact_copies(self) -> dict[str, dict[str, Any]]:
+    def copies(self, object_name: str) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {key: dict(record) for key, record in self.contacts.items()}
+            records = self.records[self.schema(object_name).name]
+            return {key: dict(record) for key, record in records.items()}
+
+    def contact_copies(self) -> dict[str, dict[str, Any]]:
+        return self.copies("Contact")
 
     def task_copies(self) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(task) for task in self.tasks.values()]
 
     def task(self, external_id: str) -> dict[str, Any] | None:
+        """The task whose external ID field (task_external_id) holds this value."""
         with self.lock:
-            task = self.tasks.get(external_id)
-            return dict(task) if task is not None else None
+            found = self._task_keys.get(external_id)
+            return dict(self.tasks[found[0]]) if found else None
 
     def external_update(self, contact_id: str, fields: Mapping[str, Any]) -> datetime:
         with self.lock:
@@ -319,7 +394,7 @@ class SalesforceStore:
             if key is None or key not in self.contacts:
                 raise KeyError(contact_id)
             stamp = self.next_stamp()
-            self.write_contact(key, self.canonical(fields), stamp, INTEGRATION_USER_ID)
+            self.write("Contact", key, self.canonical(fields), stamp, INTEGRATION_USER_ID)
             return stamp
 
     def delete_contact(self, contact_id: str) -> None:
@@ -327,7 +402,102 @@ class SalesforceStore:
             key = normalize_id(contact_id)
             if key is None or key not in self.contacts:
                 raise KeyError(contact_id)
-            self.write_contact(key, {"IsDeleted": True}, self.next_stamp(), ADMIN_USER_ID)
+            self.write("Contact", key, {"IsDeleted": True}, self.next_stamp(), ADMIN_USER_ID)
+
+    def undelete_contact(self, contact_id: str) -> None:
+        """Restore a deleted (not merged) contact from the Recycle Bin, as a user would
+        ("undelete()", SOAP API Developer Guide): a write, so its stamp moves on."""
+        with self.lock:
+            key = normalize_id(contact_id)
+            record = self.contacts.get(key) if key else None
+            if record is None or not record["IsDeleted"] or record.get("MasterRecordId"):
+                raise KeyError(contact_id)
+            self.write("Contact", key, {"IsDeleted": False}, self.next_stamp(), ADMIN_USER_ID)
+
+    def merge_contacts(self, survivor_id: str, loser_id: str) -> datetime:
+        """Merge the loser into the survivor as Salesforce's merge does; returns the stamp."""
+        with self.lock:
+            survivor, loser = normalize_id(survivor_id), normalize_id(loser_id)
+            for given, key in ((survivor_id, survivor), (loser_id, loser)):
+                record = self.contacts.get(key) if key else None
+                if record is None:
+                    raise KeyError(given)
+                if record["IsDeleted"]:
+                    raise ValueError(f"contact {given} is deleted")
+            if survivor == loser:
+                raise ValueError("a contact cannot be merged into itself")
+            assert survivor is not None and loser is not None
+            stamp = self.next_stamp()
+            merged = {"IsDeleted": True, "MasterRecordId": survivor}
+            self.write("Contact", loser, merged, stamp, ADMIN_USER_ID)
+            self.write("Contact", survivor, {}, stamp, ADMIN_USER_ID)
+            for task in list(self.tasks.values()):
+                if normalize_id(task.get("WhoId")) == loser:
+                    self.write("Task", task["Id"], {"WhoId": survivor}, stamp, ADMIN_USER_ID)
+            return stamp
+
+    def convert_lead(self, lead_id: str, contact_id: str | None, fields: Mapping[str, Any]) -> str:
+        """Convert a lead into a new contact (with ``fields`` on top), or into an existing
+        one; returns the contact's Id."""
+        with self.lock:
+            key = normalize_id(lead_id)
+            lead = self.records["Lead"].get(key) if key else None
+            if lead is None:
+                raise KeyError(lead_id)
+            if lead["IsDeleted"] or lead.get("IsConverted"):
+                raise ValueError(f"lead {lead_id} is deleted or converted already")
+            assert key is not None
+            stamp = self.next_stamp()
+            contact_schema = self.schema("Contact")
+            carried = {
+                name: value
+                for name, value in lead.items()
+                if value is not None
+                and name.lower() not in _NOT_CARRIED
+                and contact_schema.field(name) is not None
+            }
+            if contact_id is None:
+                target = self.create(
+                    "Contact", {**carried, **self.canonical(fields)}, stamp, ADMIN_USER_ID
+                )
+            else:
+                existing_key = normalize_id(contact_id)
+                existing = self.contacts.get(existing_key) if existing_key else None
+                if existing is None or existing["IsDeleted"]:
+                    raise KeyError(contact_id)
+                target = existing["Id"]
+                empty = {k: v for k, v in carried.items() if existing.get(k) in (None, "")}
+                self.write("Contact", target, {**empty, **self.canonical(fields)}, stamp,
+                           ADMIN_USER_ID)  # fmt: skip
+            converted = {
+                "IsConverted": True,
+                "ConvertedContactId": target,
+                "ConvertedDate": stamp.date().isoformat(),
+                "Status": "Closed - Converted",
+            }
+            self.write("Lead", key, converted, stamp, ADMIN_USER_ID)
+            return target
+
+    def add_person_account(self, fields: Mapping[str, Any]) -> str:
+        """A person account and its person contact, as one data load; returns the account's
+        Id (``PersonContactId`` names the contact)."""
+        with self.lock:
+            if not self.org.person_accounts:
+                raise ValueError("person accounts are not enabled in this org")
+            stamp = self.next_stamp()
+            given = {k: v for k, v in fields.items() if k.lower() not in READ_ONLY}
+            account_id = self.next_id("001")
+            contact_id = self.next_id("003")
+            account = self._new_record("Account", account_id, stamp, ADMIN_USER_ID)
+            account.update(IsPersonAccount=True, PersonContactId=contact_id,
+                           PersonHasOptedOutOfEmail=False, PersonDoNotCall=False)  # fmt: skip
+            contact = self._new_record("Contact", contact_id, stamp, ADMIN_USER_ID)
+            contact.update(IsPersonAccount=True, AccountId=account_id)
+            self._put("Account", account)
+            self._put("Contact", contact)
+            self.write("Account", account_id, self.canonical_for("Account", given), stamp,
+                       ADMIN_USER_ID)  # fmt: skip
+            return account_id
 
     # -- fields ------------------------------------------------------------------------------
 
@@ -339,34 +509,48 @@ class SalesforceStore:
             result[canonical] = value
         return result
 
+    def canonical_for(self, object_name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        if self.schema(object_name).name == "Contact":
+            return self.canonical(fields)
+        return {self.field_name_for(object_name, name): value for name, value in fields.items()}
+
     def field_name(self, name: str) -> str:
-        """The spelling the org uses for a field named in any case."""
+        """The spelling the org uses for a Contact field named in any case."""
         return self._field_names.get(name.lower(), name)
+
+    def field_name_for(self, object_name: str, name: str) -> str:
+        schema = self.schema(object_name)
+        if schema.name == "Contact":
+            return self.field_name(name)
+        field = schema.field(name)
+        return field.name if field is not None else name
 
     @staticmethod
     def read_only_error(fields: Iterable[str]) -> RecordError | None:
         read_only = [name for name in fields if name.lower() in READ_ONLY]
         if read_only:
-            return (
-                "INVALID_FIELD_FOR_INSERT_UPDATE",
-                f"Unable to create/update fields: {', '.join(read_only)}.",
-                read_only,
-            )
+            return _read_only(read_only)
         return None
 
-    def field_error(self, fields: Mapping[str, Any]) -> RecordError | None:
-        """Why a contact cannot take these fields: read-only, or not in the org's schema."""
-        read_only = self.read_only_error(fields)
-        if read_only is not None:
-            return read_only
-        if self.schema is not None:
-            unknown = [name for name in fields if name.lower() not in self.schema]
-            if unknown:
-                return (
-                    "INVALID_FIELD",
-                    f"No such column '{unknown[0]}' on sobject of type Contact",
-                    unknown,
-                )
+    def field_error(
+        self, object_name: str, fields: Iterable[str], *, creating: bool = False
+    ) -> RecordError | None:
+        """Why a record of this object cannot take these fields: one the org lacks
+        (INVALID_FIELD), or one the integration user may not write
+        (INVALID_FIELD_FOR_INSERT_UPDATE)."""
+        schema = self.schema(object_name)
+        names = list(fields)
+        unknown = [name for name in names if not schema.has(name)]
+        if unknown:
+            message = f"No such column '{unknown[0]}' on sobject of type {schema.name}"
+            return ("INVALID_FIELD", message, unknown)
+        fixed = [name for name in names if name.lower() in READ_ONLY]
+        for name in names:
+            field = schema.field(name)
+            if field is not None and not (field.createable if creating else field.updateable):
+                fixed.append(field.name)
+        if fixed:
+            return _read_only(list(dict.fromkeys(fixed)))
         return None
 
     # -- writing -----------------------------------------------------------------------------
@@ -386,61 +570,128 @@ class SalesforceStore:
         self._serials[prefix] = self._serials.get(prefix, 0) + 1
         return make_id(prefix, self._serials[prefix])
 
-    def _new_contact(self, contact_id: str, stamp: datetime, user_id: str) -> dict[str, Any]:
-        return {
-            "Id": contact_id,
-            "IsDeleted": False,
-            "HasOptedOutOfEmail": False,
-            "DoNotCall": False,
-            "CreatedDate": stamp,
-            "CreatedById": user_id,
-            "LastModifiedDate": stamp,
-            "LastModifiedById": user_id,
-            "SystemModstamp": stamp,
-        }
+    def _new_record(
+        self, object_name: str, record_id: str, stamp: datetime, user_id: str
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {"Id": record_id, "IsDeleted": False}
+        record.update(_DEFAULTS.get(object_name, {}))
+        if object_name == "Task":
+            record["OwnerId"] = user_id
+        record.update(
+            CreatedDate=stamp,
+            CreatedById=user_id,
+            LastModifiedDate=stamp,
+            LastModifiedById=user_id,
+            SystemModstamp=stamp,
+        )
+        return record
+
+    def create(
+        self, object_name: str, fields: Mapping[str, Any], stamp: datetime, user_id: str
+    ) -> str:
+        """Store a new record of this object (fields in the org's spelling); its Id."""
+        schema = self.schema(object_name)
+        record_id = self.next_id(schema.key_prefix)
+        record = self._new_record(schema.name, record_id, stamp, user_id)
+        record.update(fields)
+        self._put(schema.name, record)
+        self._mirror_person(schema.name, record, fields, stamp, user_id)
+        return record_id
+
+    def write(
+        self,
+        object_name: str,
+        record_id: str,
+        fields: Mapping[str, Any],
+        stamp: datetime,
+        user_id: str,
+    ) -> None:
+        """Update (or, for an unknown Contact Id, create) a record; fields in the org's
+        spelling."""
+        records = self.records[object_name]
+        old = records.get(record_id) or self._new_record(object_name, record_id, stamp, user_id)
+        # A new dict, never a mutation: the composite journal keeps the old one to roll back.
+        record = {**old, **fields}
+        record.update(SystemModstamp=stamp, LastModifiedDate=stamp, LastModifiedById=user_id)
+        self._put(object_name, record)
+        self._mirror_person(object_name, record, fields, stamp, user_id)
 
     def write_contact(
         self, contact_id: str, fields: Mapping[str, Any], stamp: datetime, user_id: str
     ) -> None:
-        old = self.contacts.get(contact_id) or self._new_contact(contact_id, stamp, user_id)
-        # A new dict, never a mutation: the composite journal keeps the old one to roll back.
-        record = {**old, **fields}
-        record.update(SystemModstamp=stamp, LastModifiedDate=stamp, LastModifiedById=user_id)
-        self._put_contact(record)
+        self.write("Contact", contact_id, fields, stamp, user_id)
 
-    def _put_contact(self, record: dict[str, Any]) -> None:
+    def _mirror_person(
+        self,
+        object_name: str,
+        record: Mapping[str, Any],
+        fields: Mapping[str, Any],
+        stamp: datetime,
+        user_id: str,
+    ) -> None:
+        """A person account and its person contact are one person: carry the shared fields
+        across, and give both the stamp."""
+        if not record.get("IsPersonAccount"):
+            return
+        if object_name == "Account" and record.get("PersonContactId") in self.contacts:
+            target, other_id = "Contact", record["PersonContactId"]
+            shared = {_contact_name(name): value for name, value in fields.items()}
+        elif object_name == "Contact" and record.get("AccountId") in self.records["Account"]:
+            target, other_id = "Account", record["AccountId"]
+            shared = {_account_name(name): value for name, value in fields.items()}
+        else:
+            return
+        carried = {name: value for name, value in shared.items() if name is not None}
+        other = {**self.records[target][other_id], **carried}
+        other.update(SystemModstamp=stamp, LastModifiedDate=stamp, LastModifiedById=user_id)
+        self._put(target, other)
+
+    def _put(self, object_name: str, record: dict[str, Any]) -> None:
         key = record["Id"]
+        records = self.records[object_name]
+        old = records.get(key)
         if self._journal is not None:
-            self._journal.setdefault(("contact", key), self.contacts.get(key))
-        self.contacts[key] = record
-        self._by_stamp.append((record["SystemModstamp"], key))
-        if len(self._by_stamp) > 2 * len(self.contacts) + 1000:
-            self._rebuild_index()
+            self._journal.setdefault((object_name, key), old)
+        records[key] = record
+        if object_name == "Contact":
+            self._by_stamp.append((record["SystemModstamp"], key))
+            if len(self._by_stamp) > 2 * len(records) + 1000:
+                self._rebuild_index()
+        elif object_name == "Task":
+            self._index_task(old, record)
+
+    def _index_task(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        name = self.task_external_id
+        before = old.get(name) if old is not None else None
+        after = new.get(name) if new is not None else None
+        if before == after:
+            return
+        task_id = (new or old or {}).get("Id")
+        if isinstance(before, str) and before in self._task_keys:
+            self._task_keys[before] = [i for i in self._task_keys[before] if i != task_id]
+            if not self._task_keys[before]:
+                del self._task_keys[before]
+        if isinstance(after, str) and after and isinstance(task_id, str):
+            self._task_keys.setdefault(after, []).append(task_id)
+
+    def task_ids_with(self, field_name: str, value: Any) -> list[str]:
+        """The Tasks whose field holds this value (external IDs match exactly)."""
+        if field_name.lower() == self.task_external_id.lower():
+            return list(self._task_keys.get(value, ()))
+        lowered = field_name.lower()
+        return [
+            task["Id"]
+            for task in self.tasks.values()
+            if any(k.lower() == lowered and v == value for k, v in task.items())
+        ]
 
     def _rebuild_index(self) -> None:
         self._by_stamp = sorted((r["SystemModstamp"], k) for k, r in self.contacts.items())
 
-    def write_task(
-        self, external_id: str, fields: Mapping[str, Any], stamp: datetime
-    ) -> tuple[str, bool]:
-        """Upsert a task by its external id; returns its Id and whether it was created."""
-        old = self.tasks.get(external_id)
-        if self._journal is not None:
-            self._journal.setdefault(("task", external_id), old)
-        if old is None:
-            record: dict[str, Any] = {
-                "Id": self.next_id("00T"),
-                "Status": "Not Started",
-                "CreatedDate": stamp,
-                "CreatedById": API_USER_ID,
-            }
-        else:
-            record = dict(old)
-        record.update(fields)
-        record[self.task_external_id] = external_id
-        record.update(SystemModstamp=stamp, LastModifiedDate=stamp, LastModifiedById=API_USER_ID)
-        self.tasks[external_id] = record
-        return record["Id"], old is None
+    def _rebuild_task_index(self) -> None:
+        self._task_keys = {}
+        for task in self.tasks.values():
+            self._index_task(None, task)
 
     # -- all or none -------------------------------------------------------------------------
 
@@ -455,13 +706,14 @@ class SalesforceStore:
 
     def rollback(self) -> None:
         assert self._journal is not None
-        for (kind, key), previous in self._journal.items():
-            store = self.contacts if kind == "contact" else self.tasks
+        for (object_name, key), previous in self._journal.items():
+            records = self.records[object_name]
             if previous is None:
-                store.pop(key, None)
+                records.pop(key, None)
             else:
-                store[key] = previous
+                records[key] = previous
         self._rebuild_index()
+        self._rebuild_task_index()
 
     # -- reading by stamp --------------------------------------------------------------------
 
@@ -489,9 +741,8 @@ class SalesforceStore:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "format": 1,
-            "contacts": list(self.contacts.values()),
-            "tasks": list(self.tasks.values()),
+            "format": 2,
+            "records": {name: list(records.values()) for name, records in self.records.items()},
             "serials": self._serials,
             "last_stamp": self._last_stamp,
             "api_used": self.api_used,
@@ -499,9 +750,13 @@ class SalesforceStore:
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
-        self.contacts = {r["Id"]: revive(r) for r in data.get("contacts", [])}
-        ext = self.task_external_id
-        self.tasks = {t[ext]: revive(t) for t in data.get("tasks", []) if ext in t}
+        stored = data.get("records") or {
+            "Contact": data.get("contacts", []),
+            "Task": data.get("tasks", []),
+        }
+        for name in OBJECTS:
+            self.records[name].clear()
+            self.records[name].update((r["Id"], revive(r)) for r in stored.get(name, []))
         self._serials = {k: int(v) for k, v in data.get("serials", {}).items()}
         if data.get("last_stamp"):
             self._last_stamp = parse_datetime(data["last_stamp"])
@@ -510,3 +765,58 @@ class SalesforceStore:
         for record in self.contacts.values():
             self.canonical(record)
         self._rebuild_index()
+        self._rebuild_task_index()
+
+
+# What a new record holds before its fields, besides Id, IsDeleted and the system fields.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Contact": {"HasOptedOutOfEmail": False, "DoNotCall": False},
+    "Lead": {
+        "HasOptedOutOfEmail": False,
+        "DoNotCall": False,
+        "IsConverted": False,
+        "Status": "Open - Not Contacted",
+    },
+    "Task": {"Status": "Not Started", "Priority": "Normal"},
+}
+# A lead's fields that do not become the contact's on conversion.
+_NOT_CARRIED = READ_ONLY | {
+    "masterrecordid",
+    "name",
+    "status",
+    "company",
+    "isconverted",
+    "converteddate",
+    "convertedcontactid",
+    "convertedaccountid",
+}
+
+
+def _read_only(names: list[str]) -> RecordError:
+    return (
+        "INVALID_FIELD_FOR_INSERT_UPDATE",
+        f"Unable to create/update fields: {', '.join(names)}. Please check the security "
+        "settings of this field and verify that it is read/write for your profile or "
+        "permission set.",
+        names,
+    )
+
+
+def _contact_name(account_field: str) -> str | None:
+    """The person contact's name for a person account field it shares, else None."""
+    lowered = account_field.lower()
+    if lowered in PERSON_FIELDS:
+        return PERSON_FIELDS[lowered]
+    if lowered.endswith("__pc"):
+        return account_field[: -len("__pc")] + "__c"
+    return None
+
+
+def _account_name(contact_field: str) -> str | None:
+    """The person account's name for a contact field it shares, else None."""
+    lowered = contact_field.lower()
+    if lowered in _ACCOUNT_NAMES:
+        return _ACCOUNT_NAMES[lowered]
+    if lowered.endswith("__c"):
+        return person_name(contact_field)
+    return None

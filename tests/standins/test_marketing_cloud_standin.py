@@ -20,6 +20,7 @@ from standins.marketing_cloud import (
     CHILD_MIDS,
     PARENT_MID,
     SECRET_HEADER,
+    SYNC_UNAVAILABLE,
     MarketingCloudStandIn,
     MarketingCloudStandInClient,
     running_standin,
@@ -56,7 +57,7 @@ def _token(server: MarketingCloudStandIn, account_id: str = PARENT_MID) -> dict[
             "grant_type": "client_credentials",
             "client_id": server.client_id,
             "client_secret": server.client_secret,
-            "account_id": account_id,
+            "account_id": int(account_id),  # a number, as the v2/token request documents it
         },
     )
     assert response.status_code == 200, response.text
@@ -169,15 +170,19 @@ def test_client_credentials_issue_a_bearer_token_naming_the_soap_and_rest_urls(s
         ({"client_secret": "wrong"}, 401, "invalid_client"),
         ({"client_id": "someone-else"}, 401, "invalid_client"),
         ({"grant_type": "password"}, 400, "unsupported_grant_type"),
-        ({"account_id": "999999"}, 403, "unauthorized_client"),
+        ({"account_id": 999999}, 403, "unauthorized_client"),
+        ({"account_id": PARENT_MID}, 400, "invalid_request"),  # a string, not a number
+        ({"account_id": True}, 400, "invalid_request"),
+        ({"account_id": 510000001.5}, 400, "invalid_request"),
     ],
+    ids=["secret", "client", "grant", "mid", "mid-string", "mid-boolean", "mid-fraction"],
 )
 def test_a_token_request_that_does_not_check_out_is_refused(standin, change, status, error):
     payload = {
         "grant_type": "client_credentials",
         "client_id": standin.client_id,
         "client_secret": standin.client_secret,
-        "account_id": PARENT_MID,
+        "account_id": int(PARENT_MID),
         **change,
     }
 
@@ -185,6 +190,39 @@ def test_a_token_request_that_does_not_check_out_is_refused(standin, change, sta
 
     assert response.status_code == status
     assert response.json()["error"] == error
+
+
+def test_account_id_is_a_number_as_documented_and_a_string_is_refused(standin):
+    # "Access Token for Server-to-Server Integrations": account_id, type number.
+    def request(account_id: Any) -> requests.Response:
+        payload = {
+            "grant_type": "client_credentials",
+            "client_id": standin.client_id,
+            "client_secret": standin.client_secret,
+            "account_id": account_id,
+        }
+        return _http(standin).post(standin.url + "/v2/token", json=payload)
+
+    as_number = request(int(ALUMNI))
+    as_string = request(ALUMNI)
+    without = _http(standin).post(
+        standin.url + "/v2/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": standin.client_id,
+            "client_secret": standin.client_secret,
+        },
+    )
+
+    assert as_number.status_code == 200
+    assert as_string.status_code == 400
+    assert as_string.json() == {
+        "error": "invalid_request",
+        "error_description": "account_id must be a number: the MID of the target business unit.",
+        "error_uri": "https://developer.salesforce.com/docs",
+    }
+    assert without.status_code == 200  # none given: the package's own business unit
+    assert standin.call_log == [("token", ALUMNI), ("token", ALUMNI), ("token", "")]
 
 
 def test_a_token_body_that_is_not_json_is_an_invalid_request(standin):
@@ -455,6 +493,7 @@ def test_a_request_it_cannot_read_is_a_client_fault(standin, headers, body, mess
         ("http_503", 503, None),
         ("server_fault", 500, ("soap:Server", "Unplanned Outage")),
         ("client_fault", 500, ("soap:Client", "User Not Authorized")),
+        ("sync_unavailable", 500, ("soap:Client", "Synchronous request cannot be completed")),
         ("expire_tokens", 500, ("q0:Security", "Login Failed")),
     ],
 )
@@ -477,6 +516,33 @@ def test_a_fault_fails_the_next_calls_then_clears(standin, kind, status, fault):
         assert text.startswith(fault[1])
     assert _results(after) == [(PARENT_MID, KEY, "Active")]
     assert standin.api_calls == 1  # injected failures are not counted
+
+
+def test_the_synchronous_request_fault_is_the_documented_client_fault(standin):
+    # SOAP API, "SOAP Faults": "Synchronous Request Cannot Be Requested", a Client fault
+    # (RemoteDBConnDetected_SyncAPICallUnsupported), resolved by waiting or going async.
+    standin.set_subscriber(KEY, "Bounced", mid=ALUMNI)
+    token = _token(standin)["access_token"]
+    standin.fail("sync_unavailable", times=1, action="Update")
+
+    refused = _soap(standin, "Update", _update_body(KEY, "Active", ALUMNI), token)
+    retried = _soap(standin, "Update", _update_body(KEY, "Active", ALUMNI), token)
+
+    assert refused.status_code == 500
+    assert refused.headers["Content-Type"].startswith("text/xml")
+    fault = _xml(refused).find("s:Body/s:Fault", NS)
+    assert fault.findtext("faultcode") == "soap:Client"
+    assert fault.findtext("faultstring") == SYNC_UNAVAILABLE
+    assert SYNC_UNAVAILABLE == (
+        "Synchronous request cannot be completed at this time due to database problems. "
+        "This request was not processed."
+    )
+    detail = fault.find("detail")
+    assert detail is not None and len(detail) == 0  # a Client fault carries no error code
+    assert fault.findtext("faultactor") == standin.url + "/Service.asmx"
+    assert standin.status(KEY, ALUMNI) == "Active"  # refused, then applied on the retry
+    assert _overall(retried) == "OK"
+    assert standin.api_calls == 1
 
 
 def test_a_fault_can_target_one_operation_or_one_business_unit(standin):

@@ -21,6 +21,7 @@ from standins.salesforce import (
     id18,
     running_standin,
 )
+from tests.standins.salesforce_api import next_second, window_start
 
 API = "/services/data/v60.0"
 JOBS = f"{API}/jobs/query"
@@ -429,7 +430,7 @@ def test_query_all_includes_deleted_contacts_and_query_does_not(api, standin):
 
 def test_a_where_clause_of_the_shapes_the_rest_query_takes_filters(api, standin):
     old = standin.add_contact(LastName="Old")
-    boundary = standin.contact(old)["SystemModstamp"].isoformat().replace("+00:00", "Z")
+    boundary = window_start(standin.contact(old)["SystemModstamp"])
     newer = standin.add_contact(LastName="New")
     picked = standin.add_contact(LastName="Picked")
 
@@ -469,8 +470,9 @@ def test_a_where_clause_of_the_shapes_the_rest_query_takes_filters(api, standin)
          "INVALIDJOB"),
         ({"operation": "query", "query": "SELECT Id, (SELECT Id FROM Tasks) FROM Contact"},
          "INVALIDJOB"),
-        ({"operation": "query", "query": "SELECT Id FROM Account"}, "INVALID_TYPE"),
-        ({"operation": "query", "query": "SELECT Id FROM Contact WHERE LastName = 'x'"},
+        ({"operation": "query", "query": "SELECT Id FROM Opportunity"}, "INVALID_TYPE"),
+        ({"operation": "query",
+          "query": "SELECT Id FROM Contact WHERE SystemModstamp > 2024-01-01T00:00:00.000Z"},
          "MALFORMED_QUERY"),
         ({"operation": "query", "query": "SELECT Id, Account.Name FROM Contact"},
          "MALFORMED_QUERY"),
@@ -615,6 +617,7 @@ def test_simple_salesforce_bulk2_query_all_and_an_empty_result(standin):
 
 def test_a_data_load_takes_each_record_as_given_under_one_stamp(standin):
     given = standin.add_contact(LastName="First")
+    next_second(standin.contact(given)["SystemModstamp"])  # else the load shares its stamp
     explicit = id18("003Sb00000000Zz")
 
     ids = standin.add_contacts(
@@ -641,7 +644,7 @@ def test_a_data_load_takes_each_record_as_given_under_one_stamp(standin):
 
 def test_a_data_load_is_found_by_the_window_query(standin, api):
     before = standin.add_contact(LastName="Before")
-    since = standin.contact(before)["SystemModstamp"].isoformat().replace("+00:00", "Z")
+    since = window_start(standin.contact(before)["SystemModstamp"])
     ids = standin.add_contacts([{"LastName": f"C{n}"} for n in range(1_000)])
 
     response = api.get(

@@ -27,6 +27,7 @@ from standins.salesforce import (
     running_standin,
     standin_process,
 )
+from tests.standins.salesforce_api import next_second
 
 API = "/services/data/v60.0"
 TASKS = f"{API}/composite/sobjects/Task/Preference_Change_Id__c"
@@ -88,6 +89,20 @@ def _query(api: requests.Session, server: SalesforceStandIn, soql: str, endpoint
     return api.get(f"{server.url}{API}/{endpoint}/", params={"q": soql})
 
 
+def _soql_time(value: datetime) -> str:
+    """A SOQL dateTime literal as the SOQL reference documents it: whole seconds, UTC."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _second_after(stamp: datetime) -> str:
+    """The first whole second after a stamp, as a SOQL literal, once the clock has passed
+    it: a record written now is stamped after it."""
+    boundary = stamp.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    while datetime.now(UTC) < boundary + timedelta(milliseconds=2):  # stamps keep ms
+        time.sleep(0.01)
+    return _soql_time(boundary)
+
+
 @pytest.fixture(scope="module")
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -138,7 +153,7 @@ def test_jwt_bearer_assertion_signed_with_the_configured_key_gets_a_token(rsa_ke
             {
                 "iss": server.client_id,
                 "sub": "sync@u.edu",
-                "aud": server.url,
+                "aud": "https://login.salesforce.com",
                 "exp": int(time.time()) + 180,
             },
             rsa_key,
@@ -158,6 +173,7 @@ def test_jwt_bearer_assertion_signed_with_the_configured_key_gets_a_token(rsa_ke
     [
         ("other_key", "invalid_grant"),
         ("wrong_audience", "invalid_grant"),
+        ("my_domain_audience", "invalid_grant"),
         ("expired", "invalid_grant"),
         ("wrong_issuer", "invalid_client_id"),
         ("wrong_user", "invalid_grant"),
@@ -168,14 +184,16 @@ def test_jwt_bearer_assertion_that_does_not_check_out_is_refused(rsa_key, change
         claims = {
             "iss": server.client_id,
             "sub": "sync@u.edu",
-            "aud": server.url,
+            "aud": "https://login.salesforce.com",
             "exp": int(time.time()) + 180,
         }
         key: Any = rsa_key
         if change == "other_key":
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         elif change == "wrong_audience":
-            claims["aud"] = "https://login.salesforce.com"
+            claims["aud"] = "https://login.example.com"
+        elif change == "my_domain_audience":
+            claims["aud"] = server.url  # never accepted, as Salesforce documents
         elif change == "expired":
             claims["exp"] = int(time.time()) - 60
         elif change == "wrong_issuer":
@@ -230,6 +248,7 @@ def test_the_certificate_also_names_localhost(standin):
 def test_patch_contact_answers_204_bumps_the_stamp_and_records_the_api_user(standin, api):
     contact_id = standin.add_contact(LastName="Okafor", Email="okafor@example.org")
     before = standin.contact(contact_id)
+    next_second(before["SystemModstamp"])  # else the update shares its whole-second stamp
 
     response = api.patch(
         f"{standin.url}{API}/sobjects/Contact/{contact_id}",
@@ -358,16 +377,24 @@ def test_all_or_none_collection_rolls_back_every_record(standin, api):
     assert standin.contact(good)["DoNotCall"] is False
 
 
-def test_records_written_in_one_call_share_a_stamp_and_each_later_call_is_later(standin, api):
-    ids = [standin.add_contact() for _ in range(3)]
-    url = f"{standin.url}{API}/composite/sobjects"
+@pytest.mark.parametrize("whole_seconds", [True, False])
+def test_records_written_in_one_call_share_a_stamp_and_each_later_call_is_later(whole_seconds):
+    # Whole-second stamps (a real org's, the default): a call is later once the clock has
+    # moved on a second. Milliseconds: every call is later than the last, however soon.
+    with running_standin(whole_second_modstamps=whole_seconds) as server:
+        api = _api(server)
+        ids = [server.add_contact() for _ in range(3)]
+        url = f"{server.url}{API}/composite/sobjects"
 
-    api.patch(url, json={"records": _contact_records(ids, DoNotCall=True)})
-    first = {standin.contact(i)["SystemModstamp"] for i in ids}
-    api.patch(url, json={"records": _contact_records(ids[:1], DoNotCall=False)})
+        api.patch(url, json={"records": _contact_records(ids, DoNotCall=True)})
+        first = {server.contact(i)["SystemModstamp"] for i in ids}
+        if whole_seconds:
+            next_second(min(first))
+        api.patch(url, json={"records": _contact_records(ids[:1], DoNotCall=False)})
+        later = server.contact(ids[0])["SystemModstamp"]
 
     assert len(first) == 1
-    assert standin.contact(ids[0])["SystemModstamp"] > first.pop()
+    assert later > first.pop()
 
 
 def test_auto_create_makes_unknown_contacts_on_their_first_update():
@@ -564,7 +591,7 @@ def test_soql_window_query_pages_in_order_of_stamp_then_id():
                 api,
                 server,
                 f"SELECT Id, LastName, SystemModstamp FROM Contact "
-                f"WHERE SystemModstamp > {start.isoformat()} ORDER BY SystemModstamp, Id",
+                f"WHERE SystemModstamp > {_soql_time(start)} ORDER BY SystemModstamp, Id",
             ).json()
         ]
         while not pages[-1]["done"]:
@@ -582,23 +609,31 @@ def test_soql_window_query_pages_in_order_of_stamp_then_id():
     assert server.api_calls == 3
 
 
-def test_soql_window_has_an_inclusive_upper_bound_and_a_limit(standin, api):
-    ids = [standin.add_contact() for _ in range(5)]
-    stamps = [standin.contact(i)["SystemModstamp"] for i in ids]
+def test_soql_window_has_an_inclusive_upper_bound_and_a_limit():
+    # Whole-second stamps, as a real org's: the contacts written within the second after
+    # `until` begins are stamped `until` exactly, so the upper bound's `<=` is what keeps them.
+    with running_standin(whole_second_modstamps=True) as server:
+        api = _api(server)
+        since = server.contact(server.add_contact())["SystemModstamp"]
+        until = _second_after(since)
+        inside = [server.add_contact() for _ in range(2)]
+        _second_after(datetime.fromisoformat(until))
+        server.add_contact()  # after the window
 
-    def select(where: str) -> list[str]:
-        response = _query(api, standin, f"SELECT Id FROM Contact WHERE {where}")
-        assert response.status_code == 200, response.text
-        return [r["Id"] for r in response.json()["records"]]
+        def select(where: str) -> list[str]:
+            response = _query(api, server, f"SELECT Id FROM Contact WHERE {where}")
+            assert response.status_code == 200, response.text
+            return [r["Id"] for r in response.json()["records"]]
 
-    since, until = stamps[0].isoformat(), stamps[3].isoformat()
-    assert (
-        select(
-            f"SystemModstamp > {since} AND SystemModstamp <= {until} ORDER BY SystemModstamp, Id"
+        bounded = select(
+            f"SystemModstamp > {_soql_time(since)} AND SystemModstamp <= {until} "
+            "ORDER BY SystemModstamp, Id"
         )
-        == ids[1:4]
-    )
-    assert select(f"SystemModstamp > {since} ORDER BY SystemModstamp LIMIT 2") == ids[1:3]
+        limited = select(f"SystemModstamp > {_soql_time(since)} ORDER BY SystemModstamp LIMIT 1")
+
+    assert {server.contact(i)["SystemModstamp"] for i in inside} == {datetime.fromisoformat(until)}
+    assert bounded == inside
+    assert limited == inside[:1]
 
 
 def test_query_all_includes_deleted_contacts_and_query_does_not(standin, api):
@@ -629,11 +664,13 @@ def test_soql_by_id_list_returns_those_contacts(standin, api):
 @pytest.mark.parametrize(
     "soql",
     [
-        "SELECT Id FROM Contact",
-        "SELECT Id FROM Contact WHERE LastName = 'Okafor'",
-        "SELECT Id FROM Contact WHERE SystemModstamp > 2024-01-01T00:00:00Z",
-        "SELECT Id, Name FROM Contact WHERE SystemModstamp > yesterday ORDER BY SystemModstamp",
+        "SELECT Id FROM Contact WHERE",
+        "SELECT Id Contact",
+        "SELECT Id FROM Contact WHERE LastName = 'Okafor' AND Email = 'x' OR DoNotCall = true",
+        "SELECT Id FROM Contact WHERE SystemModstamp > LAST_FORTNIGHT",
         "SELECT Id, Id FROM Contact WHERE Id IN ('003Sb0000000001IAA')",
+        "SELECT COUNT() FROM Contact",
+        "SELECT Id, Account.Name FROM Contact",
     ],
 )
 def test_soql_the_standin_does_not_speak_is_a_malformed_query(standin, api, soql):
@@ -652,8 +689,7 @@ def test_an_unknown_query_locator_is_refused(standin, api):
 
 def test_get_updated_lists_ids_changed_in_the_window(standin, api):
     before = standin.add_contact()
-    start = datetime.now(UTC)
-    time.sleep(0.005)
+    start = next_second(standin.contact(before)["SystemModstamp"])
     changed = standin.add_contact()
     end = datetime.now(UTC) + timedelta(seconds=1)
 
