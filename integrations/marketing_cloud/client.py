@@ -68,6 +68,9 @@ _STATUSES = {
     "Deleted": Status.NOT_FOUND,
 }
 _PROPERTIES = ("SubscriberKey", "EmailAddress", "Status", "Client.ID")
+# The client fault Marketing Cloud answers when it is too busy to serve a synchronous call
+# (the SOAP API's "SOAP Faults" page): worth retrying later, unlike other client faults.
+_BUSY = "Synchronous request cannot be completed at this time"
 # Renew a token this long before Marketing Cloud says it expires (tokens last ~18 minutes).
 _EXPIRY_MARGIN = 60.0
 
@@ -275,11 +278,12 @@ class MarketingCloudClient:
     def _new_token(self) -> _Token:
         config = self.config
         url = config.auth_url.rstrip("/") + "/v2/token"
-        payload = {
+        payload: dict[str, str | int] = {
             "grant_type": "client_credentials",
             "client_id": config.client_id,
             "client_secret": config.client_secret,
-            "account_id": config.account_id,
+            # A number, as the v2/token request documents it (validated as digits above).
+            "account_id": int(config.account_id),
         }
         try:
             response = self._http.post(
@@ -446,5 +450,7 @@ def _raise_fault(fault: etree._Element, status: int) -> NoReturn:
     kind = faultcode.rpartition(":")[2]
     if kind == "Security":
         raise _LoginFailed(message)
+    if kind == "Client" and message.startswith(_BUSY):
+        raise TransientError("BUSY", message, status)  # Marketing Cloud sheds load this way
     code = {"Server": "SERVER_FAULT", "Client": "CLIENT_FAULT"}.get(kind, f"HTTP_{status}")
     raise classify(status, code)(code, message, status)

@@ -335,6 +335,30 @@ def test_a_soap_client_fault_is_permanent(standin, client):
     assert "User Not Authorized" in failure.value.message
 
 
+def test_the_busy_client_fault_is_transient_unlike_other_client_faults(standin, client):
+    # The SOAP API's "SOAP Faults" page: "Synchronous request cannot be completed at this
+    # time" is a soap:Client fault that a later attempt gets past.
+    standin.set_subscriber(KEY, "Held", mid=ATHLETICS)
+    standin.fail("sync_unavailable", times=1, action="Update")
+
+    with pytest.raises(TransientError) as failure:
+        client.resubscribe(KEY, ATHLETICS)
+
+    assert failure.value.code == "BUSY"
+    assert standin.status(KEY, ATHLETICS) == "Held"
+    client.resubscribe(KEY, ATHLETICS)
+    assert standin.status(KEY, ATHLETICS) == "Active"
+
+
+def test_the_token_request_sends_the_account_id_as_a_number(standin, client):
+    # "Access Token for Server-to-Server Integrations": account_id is a number (the MID);
+    # the stand-in refuses a string (or a boolean, or a fraction) with invalid_request.
+    client.connect()
+
+    assert standin.call_log == [("token", PARENT_MID)]
+    assert standin.token_calls == 1
+
+
 def test_a_business_unit_the_account_does_not_have_is_permanent(standin, client):
     with pytest.raises(PermanentError) as failure:
         client.subscriber_status(KEY, "999999")
