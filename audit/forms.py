@@ -45,6 +45,17 @@ KINDS: dict[str, tuple[str, list[Q]]] = {
     "bounce": ("Bounce", [Q(action=AuditAction.BOUNCE)]),
     "ascend_file": ("Ascend change file", [Q(action=AuditAction.ASCEND_FILE)]),
     "discrepancy": ("Discrepancy resolved", [Q(action=AuditAction.DISCREPANCY_RESOLVED)]),
+    # What Salesforce did to its records: a new one's starting state, deletes, merges.
+    "salesforce_record": (
+        "Salesforce record (new, deleted, merged)",
+        [
+            Q(action=AuditAction.STARTING_STATE),
+            Q(action=AuditAction.DELETED),
+            Q(action=AuditAction.RESTORED),
+            Q(action=AuditAction.MERGED),
+            Q(action=AuditAction.MERGED_AWAY),
+        ],
+    ),
 }
 
 # Entries are written with created_at = now inside the transaction that inserts them, so id

@@ -49,6 +49,13 @@ class AuditAction(models.TextChoices):
     RESUBSCRIBE_REQUEST = "resubscribe_request", "Re-subscribe request"
     RESUBSCRIBE = "resubscribe", "Resubscribed in Marketing Cloud"
     DISCREPANCY_RESOLVED = "discrepancy_resolved", "Discrepancy resolved"
+    # What Salesforce, which owns the records, did to them (docs/design.md, "Contacts come
+    # from Salesforce"): a new contact's starting state, a deletion, a merge or conversion.
+    STARTING_STATE = "starting_state", "Starting state from Salesforce"
+    DELETED = "deleted", "Deleted in Salesforce"
+    RESTORED = "restored", "Restored in Salesforce"
+    MERGED = "merged", "Merged in Salesforce"
+    MERGED_AWAY = "merged_away", "Merged into another contact"
 
 
 # Actions a manager must look at again (issue: risky actions to review): re-enrolments,

@@ -67,6 +67,33 @@ def record(
     )
 
 
+def record_many(
+    action: str, *, source: str, system: str = "", entries: Iterable[dict[str, Any]]
+) -> int:
+    """Write one entry per dict (its contact_id, note and the other fields record() takes,
+    but no actor), in one INSERT per thousand: for a load of contacts the app has just learnt
+    of, where an INSERT each would take longer than the load itself."""
+    label = system or Source(source).label
+    now = timezone.now()
+    rows = [
+        AuditEntry(
+            created_at=entry.get("created_at") or now,
+            actor_label=label,
+            source=source,
+            action=action,
+            contact_id=entry["contact_id"],
+            contact_version=entry.get("contact_version"),
+            channels=list(entry.get("channels", ())),
+            before=entry.get("before") or {},
+            after=entry.get("after") or {},
+            note=entry["note"],
+        )
+        for entry in entries
+    ]
+    AuditEntry.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
 class ReviewRefused(Exception):
     """The entry cannot be reviewed; nothing was written. The message is for staff."""
 

@@ -191,7 +191,9 @@ CSRF_FAILURE_VIEW = "config.views.csrf_failure"
 # --- Sync ------------------------------------------------------------------------------------
 # Salesforce (integrations/salesforce/). The stand-in (standins/salesforce/) is reached the
 # same way: only the login URL, the credentials and the CA bundle differ.
-SALESFORCE_LOGIN_URL = envstr("SALESFORCE_LOGIN_URL", "https://login.salesforce.com")
+# The org's My Domain URL (https://<domain>.my.salesforce.com): the client credentials flow
+# is refused at login.salesforce.com, so there is no generic default.
+SALESFORCE_LOGIN_URL = envstr("SALESFORCE_LOGIN_URL", "")
 SALESFORCE_AUTH = envstr("SALESFORCE_AUTH", "client_credentials")  # or "jwt"
 SALESFORCE_CLIENT_ID = envstr("SALESFORCE_CLIENT_ID", "")
 SALESFORCE_CLIENT_SECRET = envstr("SALESFORCE_CLIENT_SECRET", "")
@@ -202,6 +204,14 @@ SALESFORCE_API_VERSION = envstr("SALESFORCE_API_VERSION", "60.0")
 SALESFORCE_TIMEOUT = envint("SALESFORCE_TIMEOUT", 30)
 SALESFORCE_CONNECT_TIMEOUT = envint("SALESFORCE_CONNECT_TIMEOUT", 10)
 SALESFORCE_TASK_EXTERNAL_ID = envstr("SALESFORCE_TASK_EXTERNAL_ID", "Preference_Change_Id__c")
+# "upsert" on that field as an external ID; "query" where an Activity field cannot be one:
+# the app looks for the change's Task before creating it (README, "Salesforce set-up").
+SALESFORCE_TASK_MATCH = envstr("SALESFORCE_TASK_MATCH", "upsert")
+# Where contacts live in the org (integrations/salesforce/objects.py): Contacts always; Leads
+# unless turned off; Person Accounts only where the org has them turned on.
+SALESFORCE_ASCEND_ID_FIELD = envstr("SALESFORCE_ASCEND_ID_FIELD", "Ascend_Id__c")
+SALESFORCE_LEADS = envbool("SALESFORCE_LEADS", True)
+SALESFORCE_PERSON_ACCOUNTS = envbool("SALESFORCE_PERSON_ACCOUNTS", False)
 # The Contact field every push writes the contact's version to; the org's validation rule
 # refuses a lower one, so a late, older write cannot win (README, "Salesforce set-up").
 SALESFORCE_VERSION_FIELD = envstr("SALESFORCE_VERSION_FIELD", "Preference_Version__c")

@@ -116,7 +116,12 @@ class Target:
     pending_hint: str = ""
     disabled_hint: str = ""
     reconcile: Callable[[RemoteRows], RemoteRead] | None = None
-    match_on: str = "salesforce_id"  # the Contact field a reconcile row's key is
+    # The Contact field that names the contact there (a reconcile row's key): a contact
+    # without one (a Lead with no Ascend ID) is not in this system, so nothing is sent.
+    match_on: str = "salesforce_id"
+    # The system drops its record when Salesforce deletes or merges the contact (Salesforce
+    # itself): an inactive contact is neither sent there nor looked for there.
+    active_only: bool = False
     refresh: Callable[[], str] | None = None
 
     @property
@@ -178,8 +183,13 @@ def mark_behind(
     upsert per group: this runs in every change.
     """
     told_us = set(already_in)
-    behind = [t.name for t in _registry.values() if t.name not in told_us]
-    holding = [t.name for t in _registry.values() if t.name in told_us]
+    present = [
+        t.name
+        for t in _registry.values()
+        if getattr(contact, t.match_on) and not (t.active_only and contact.inactive_since)
+    ]
+    behind = [name for name in present if name not in told_us]
+    holding = [name for name in present if name in told_us]
     if behind:
         ContactSync.objects.bulk_create(
             [ContactSync(contact=contact, target=t, status=SyncStatus.PENDING) for t in behind],
@@ -194,6 +204,7 @@ def mark_behind(
                     contact=contact,
                     target=t,
                     synced_version=contact.version,
+                    notes_version=contact.version,
                     status=SyncStatus.SYNCED,
                     synced_at=now,
                     last_error="",
@@ -202,10 +213,48 @@ def mark_behind(
             ],
             update_conflicts=True,
             unique_fields=["contact", "target"],
-            update_fields=["synced_version", "status", "synced_at", "last_error", "updated_at"],
+            update_fields=[
+                "synced_version",
+                "notes_version",
+                "status",
+                "synced_at",
+                "last_error",
+                "updated_at",
+            ],
         )
     if notify:
         request_pushes(behind)
+
+
+def mark_many_behind(
+    contact_ids: Iterable[int], *, already_in: Iterable[str] = (), version: int, now: datetime
+) -> None:
+    """mark_behind() for many contacts at the same version (new contacts' starting states),
+    in a few INSERTs; asks for pushes once."""
+    told_us = set(already_in)
+    contacts = list(
+        Contact.objects.filter(pk__in=list(contact_ids)).values(
+            "pk", "inactive_since", *{t.match_on for t in _registry.values()}
+        )
+    )
+    rows: list[ContactSync] = []
+    for found in _registry.values():
+        for contact in contacts:
+            if not contact[found.match_on] or (found.active_only and contact["inactive_since"]):
+                continue
+            holds = found.name in told_us
+            rows.append(
+                ContactSync(
+                    contact_id=contact["pk"],
+                    target=found.name,
+                    synced_version=version if holds else 0,
+                    notes_version=version if holds else 0,
+                    status=SyncStatus.SYNCED if holds else SyncStatus.PENDING,
+                    synced_at=now if holds else None,
+                )
+            )
+    ContactSync.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
+    request_pushes(found.name for found in _registry.values() if found.name not in told_us)
 
 
 def request_pushes(names: Iterable[str] | None = None) -> None:
@@ -258,9 +307,10 @@ def due_count(name: str) -> int:
 
 
 def record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now: datetime) -> int:
-    """Mark rows as holding the version pushed, one UPDATE per version, in one transaction;
-    returns how many rows were still ours (a row another worker took over after the lease
-    ran out is left to it)."""
+    """Mark rows as holding the version pushed, values and notes alike (notes_version),
+    one UPDATE per version, in one transaction; returns how many rows were still ours (a
+    row another worker took over after the lease ran out is left to it). A target whose
+    notes did not all land records those rows with record_notes_behind() instead."""
     by_version: dict[int, list[int]] = {}
     for row, version in rows:
         by_version.setdefault(version, []).append(row.pk)
@@ -282,6 +332,7 @@ def record_successes(rows: list[tuple[ContactSync, int]], token: uuid.UUID, now:
             )
             updated += ContactSync.objects.filter(pk__in=ids, claim=token).update(
                 synced_version=Greatest("synced_version", Value(version)),
+                notes_version=Greatest("notes_version", Value(version)),
                 # Synced only if no change arrived since the push was built.
                 status=Case(
                     When(
@@ -310,6 +361,72 @@ def record_transient(
         claim=None,
         claimed_until=None,
         updated_at=now,
+    )
+
+
+def record_notes_behind(
+    row: ContactSync,
+    token: uuid.UUID,
+    now: datetime,
+    *,
+    version: int,
+    retry_at: datetime | None,
+    error: str = "",
+    failed: bool = False,
+    system: str = "",
+) -> bool:
+    """The target holds the values pushed (version) but not every note that went with them:
+    synced_version advances and notes_version stays, so the next push sends those notes
+    again, and the row is not synced meanwhile (docs/design.md, "Sync"):
+
+    - failed: a note was refused for good; the row stops on Sync problems with the error,
+      audited, as record_permanent() does;
+    - error only: a transient failure; retried at retry_at, with backoff (attempts);
+    - neither: the notes were held back; pushed again at retry_at, no failure counted.
+
+    A newer change waiting makes the row due at once instead, so the note never holds
+    back a change's values: that push carries the note again. Returns whether the row was
+    still ours."""
+    with transaction.atomic():
+        # Locked as apply_change locks it (see record_successes): a change committing now
+        # is seen here.
+        locked = Contact.objects.select_for_update().filter(pk=row.contact_id)
+        current = locked.values_list("version", flat=True).first()
+        newer = current is not None and current > version
+        stop = failed and not newer
+        updated = ContactSync.objects.filter(pk=row.pk, claim=token).update(
+            synced_version=Greatest("synced_version", Value(version)),
+            status=SyncStatus.FAILED if stop else SyncStatus.PENDING,
+            attempts=F("attempts") + 1 if error else 0,
+            next_attempt_at=None if stop or newer else retry_at,
+            last_error=error,
+            synced_at=now,
+            claim=None,
+            claimed_until=None,
+            updated_at=now,
+        )
+        if updated and stop:
+            record(AuditAction.SYNC_FAILED, system=system, contact_id=row.contact_id, note=error)
+    return bool(updated)
+
+
+def mark_in_flight(sync_ids: Iterable[int], *, since: datetime, max_request_seconds: float) -> None:
+    """A push to these rows' target is about to go out: marked uncertain before it is sent,
+    so that if the worker dies waiting for the answer (kill -9, a lost node) the next push
+    knows the request may still land, for up to max_request_seconds (docs/design.md, "Sent
+    is not held"). A mark whose request can no longer land is replaced; clear_in_flight()
+    removes this one once the answer came."""
+    expired = since - timedelta(seconds=max_request_seconds)
+    ContactSync.objects.filter(pk__in=list(sync_ids)).filter(
+        Q(uncertain_since__isnull=True) | Q(uncertain_since__lte=expired)
+    ).update(uncertain_since=since)
+
+
+def clear_in_flight(sync_ids: Iterable[int], *, since: datetime) -> None:
+    """The push mark_in_flight(since) marked was answered: nothing of it can land later. A
+    mark set by another push stays."""
+    ContactSync.objects.filter(pk__in=list(sync_ids), uncertain_since=since).update(
+        uncertain_since=None
     )
 
 

@@ -210,7 +210,7 @@ _APP_STATE = """
                   GROUP BY sub.contact_id) s
         ON s.contact_id = c.id
       LEFT JOIN preferences_contactsync sy ON sy.contact_id = c.id AND sy.target = %(target)s
-     WHERE c.{match_on} <> ''
+     WHERE c.{match_on} <> '' AND (NOT %(active_only)s OR c.inactive_since IS NULL)
 """
 
 _COMPARE = f"""
@@ -243,7 +243,11 @@ _COMPARE = f"""
 def _compare(target: core.Target, run: ReconcileRun) -> None:
     if target.match_on not in ("salesforce_id", "ascend_id"):
         raise ValueError(f"{target.name}: cannot match contacts on {target.match_on!r}")
-    params: dict[str, Any] = {"snapshot": run.snapshot_at, "target": target.name}
+    params: dict[str, Any] = {
+        "snapshot": run.snapshot_at,
+        "target": target.name,
+        "active_only": target.active_only,
+    }
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {REMOTE}")  # a temporary table has no statistics otherwise
         cursor.execute(_COMPARE.format(match_on=target.match_on), params)

@@ -60,14 +60,39 @@ class ContactQuerySet(models.QuerySet["Contact"]):
         return self.filter(Q(Exists(opted_out)) | Q(email_bounced=True))
 
 
+class ContactKind(models.TextChoices):
+    """The Salesforce object a contact is (docs/design.md, "Contacts come from Salesforce"):
+    the same rules for each, through that object's opt-out fields."""
+
+    CONTACT = "contact", "Contact"
+    LEAD = "lead", "Lead"
+    PERSON_ACCOUNT = "person_account", "Person Account"
+
+
 class Contact(models.Model):
     first_name = models.CharField(max_length=100)
     last_name = models.CharField(max_length=100)
     # Stored lower-cased (see save()); the pattern-ops index serves exact and prefix lookups.
     email = models.CharField(max_length=254, blank=True)
     phone = models.CharField(max_length=32, blank=True)
-    salesforce_id = models.CharField("Salesforce Contact ID", max_length=18, unique=True)
-    ascend_id = models.CharField("Ascend ID", max_length=20, unique=True)
+    # Database defaults: the load and the demo seed write contacts with COPY.
+    kind = models.CharField(
+        max_length=16, choices=ContactKind.choices, db_default=ContactKind.CONTACT
+    )
+    # The Contact's, Lead's or (Person) Account's Id.
+    salesforce_id = models.CharField("Salesforce ID", max_length=18, unique=True)
+    # A Person Account's contact, which its Tasks name as WhoId; empty for the other kinds.
+    person_contact_id = models.CharField(max_length=18, blank=True, db_default="")
+    # Empty when the record has none (Leads, mostly): such a contact is not sent to Ascend.
+    ascend_id = models.CharField("Ascend ID", max_length=20, blank=True)
+    # Identity (names, email, phone, Ascend ID) as last read from Salesforce, which owns it.
+    identity_read_at = models.DateTimeField(null=True, blank=True)
+    # Deleted in Salesforce (or merged away): kept, with its history, but no longer changed.
+    inactive_since = models.DateTimeField(null=True, blank=True)
+    # The contact Salesforce merged this one into (or a converted Lead's Contact).
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="merged_contacts"
+    )
     country = models.CharField(max_length=2, blank=True, help_text="ISO 3166 code")
     email_bounced = models.BooleanField(default=False)
     email_bounced_at = models.DateTimeField(null=True, blank=True)
@@ -104,6 +129,11 @@ class Contact(models.Model):
             models.Index(fields=["phone_digits"], name="contact_phone_digits"),
             models.Index(fields=["country"], name="contact_country"),
         ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ascend_id"], condition=~Q(ascend_id=""), name="unique_ascend_id"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}".strip() or self.salesforce_id
@@ -115,6 +145,31 @@ class Contact(models.Model):
     @property
     def name(self) -> str:
         return str(self)
+
+    @property
+    def is_active(self) -> bool:
+        return self.inactive_since is None
+
+    def surviving_contact(self) -> Contact:
+        """The contact this one was merged into, following merges of merges."""
+        found = self
+        seen = {found.pk}
+        while found.merged_into_id is not None and found.merged_into_id not in seen:
+            seen.add(found.merged_into_id)
+            found = Contact.objects.get(pk=found.merged_into_id)
+        return found
+
+    def history_ids(self) -> list[int]:
+        """This contact and every contact merged into it, however deep: its history is
+        theirs too (audit entries are never rewritten, so a merge moves them by reference)."""
+        ids = [self.pk]
+        frontier = [self.pk]
+        while frontier:
+            frontier = list(
+                Contact.objects.filter(merged_into__in=frontier).values_list("pk", flat=True)
+            )
+            ids += frontier
+        return ids
 
 
 class ChannelPreference(models.Model):
@@ -272,6 +327,9 @@ class ContactSync(models.Model):
     # choices here, says which targets exist.
     target = models.CharField(max_length=20)
     synced_version = models.PositiveIntegerField(default=0)
+    # For a target that carries each change's note (Salesforce's Tasks): the version through
+    # which it holds them. Behind synced_version when a note failed where the values did not.
+    notes_version = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING)
     last_error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)

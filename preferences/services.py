@@ -9,16 +9,18 @@ after-change hook instead of being imported here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import connection, models, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
-from audit.models import AuditAction, AuditEntry, ConsentMethod
+from audit.models import AuditAction, AuditEntry, ConsentMethod, Source
 from audit.services import record
 from integrations import core
 from lib.channels import Channel
@@ -31,6 +33,7 @@ from preferences.models import (
     EmailCategory,
     Escalation,
     Subscription,
+    SyncStatus,
 )
 
 # apply_change holds this advisory lock shared; the Ascend export takes it exclusively for
@@ -181,6 +184,18 @@ def apply_change(
         # The row lock orders concurrent changes to one contact; the version check below
         # then catches forms loaded before the other change.
         locked = Contact.objects.select_for_update().get(pk=contact_id)
+        if locked.merged_into_id is not None:
+            # Salesforce merged it away: the person's preferences live on the survivor now
+            # (docs/design.md, "Contacts come from Salesforce"). A form was about the old one.
+            survivor = locked.surviving_contact()
+            if expected_version is not None:
+                raise ChangeRefused(
+                    f"This contact was merged into {survivor} in Salesforce. Nothing was "
+                    "saved: make the change on that contact."
+                )
+            note = f"{note}\n(Received for {locked}, {locked.salesforce_id}, merged into "
+            note += "this contact in Salesforce.)"
+            locked = Contact.objects.select_for_update().get(pk=survivor.pk)
         if expected_version is not None and locked.version != expected_version:
             latest = locked.audit_entries.first()
             raise StaleChange(
@@ -301,6 +316,197 @@ def apply_change(
     if isinstance(contact, Contact):
         contact.refresh_from_db()
     return entry
+
+
+@dataclass(frozen=True)
+class StartingState:
+    """What the system that owns a contact holds for it when the app first learns of it."""
+
+    contact_id: int
+    opted_out: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+
+def record_starting_states(
+    states: Iterable[StartingState], *, source: str, note: str, already_in: Iterable[str] = ()
+) -> int:
+    """Record the first preferences of contacts just created from Salesforce (the initial
+    load, or the pull meeting a new record): state, audit entry and sync marks, as
+    apply_change() writes them, for many contacts at once and in the caller's transaction.
+
+    Only for new contacts (version 0, no preferences): this is their starting point, not a
+    change, so the rules about changes (consent to re-enrol, a note per change) have nothing
+    to check, and a contact opted out of email keeps no category (rule 3). One entry per
+    contact with anything to record; contacts with nothing stay at version 0. Returns how
+    many were recorded.
+    """
+    wanted = [state for state in states if state.opted_out or state.categories]
+    if not wanted:
+        return 0
+    if unknown := {c for state in wanted for c in state.opted_out} - set(Channel.values):
+        raise ChangeRefused(f"Unknown channel: {', '.join(sorted(unknown))}.")
+    ids = [state.contact_id for state in wanted]
+    if len(set(ids)) != len(ids):
+        raise ChangeRefused("A contact has one starting state.")
+    category_ids = dict(EmailCategory.objects.filter(is_active=True).values_list("key", "pk"))
+    now = timezone.now()
+    nothing = PreferenceState(dict.fromkeys(Channel.values, False))
+    # Set-based, through a temporary table: the initial load records a million of these,
+    # where the ORM's bulk_create spends longer building its INSERTs than the database takes
+    # to run them (docs/design.md, "Initial load").
+    with transaction.atomic(), connection.cursor() as cursor:
+        _ignore_no_trigger(cursor)
+        cursor.execute(
+            f"""
+            CREATE TEMP TABLE IF NOT EXISTS {_STARTING} (
+                pos integer PRIMARY KEY,
+                contact_id bigint NOT NULL,
+                opted_out text[] NOT NULL,
+                category_ids bigint[] NOT NULL,
+                channels text[] NOT NULL,
+                after jsonb NOT NULL
+            ) ON COMMIT DELETE ROWS
+            """
+        )
+        cursor.execute(f"TRUNCATE {_STARTING}")
+        copy_sql = (
+            f"COPY {_STARTING} (pos, contact_id, opted_out, category_ids, channels, after) "
+            "FROM STDIN"
+        )
+        # Written as COPY text: a contact's row is its position, id and the columns of its
+        # shape (the same opt-outs and categories give the same arrays and snapshot).
+        shapes: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+        lines: list[str] = []
+        for pos, state in enumerate(wanted):
+            key = (frozenset(state.opted_out), frozenset(state.categories))
+            shape = shapes.get(key)
+            if shape is None:
+                categories = (
+                    frozenset()
+                    if Channel.EMAIL in state.opted_out
+                    else frozenset(k for k in state.categories if k in category_ids)
+                )
+                after = PreferenceState(
+                    {c: c in state.opted_out for c in Channel.values}, categories
+                )
+                channels = set(state.opted_out) | ({Channel.EMAIL} if categories else set())
+                shape = shapes[key] = "\t".join(
+                    [
+                        _copy_array(sorted(state.opted_out)),
+                        _copy_array(str(category_ids[k]) for k in sorted(categories)),
+                        _copy_array(sorted(channels)),
+                        json.dumps(after.as_json()).translate(_COPY_ESCAPES),
+                    ]
+                )
+            lines.append(f"{pos}\t{int(state.contact_id)}\t{shape}\n")
+        with cursor.cursor.copy(copy_sql) as copy:
+            copy.write("".join(lines))
+        cursor.execute(
+            f"""
+            UPDATE preferences_contact c SET version = 1
+            FROM {_STARTING} s WHERE c.id = s.contact_id AND c.version = 0
+            """
+        )
+        if cursor.rowcount != len(ids):
+            raise ChangeRefused("A starting state is only for a contact the app has just created.")
+        cursor.execute(
+            f"""
+            INSERT INTO preferences_channelpreference
+                (contact_id, channel, opted_out, changed_at, source, note)
+            SELECT s.contact_id, channel, true, %s, %s, %s
+            FROM {_STARTING} s CROSS JOIN LATERAL unnest(s.opted_out) AS channel
+            ORDER BY s.pos, channel
+            """,
+            [now, source, note],
+        )
+        cursor.execute(
+            f"""
+            INSERT INTO preferences_subscription (contact_id, category_id, subscribed_at)
+            SELECT s.contact_id, category_id, %s
+            FROM {_STARTING} s
+            CROSS JOIN LATERAL unnest(s.category_ids) WITH ORDINALITY AS c (category_id, n)
+            ORDER BY s.pos, c.n
+            """,
+            [now],
+        )
+        # As audit.services.record_many writes them: no actor, the source's label.
+        cursor.execute(
+            f"""
+            INSERT INTO audit_auditentry
+                (created_at, actor_label, source, action, contact_id, contact_version,
+                 channels, before, after, note)
+            SELECT %s, %s, %s, %s, s.contact_id, 1, s.channels, %s::jsonb, s.after, %s
+            FROM {_STARTING} s ORDER BY s.pos
+            """,
+            [
+                now,
+                Source(source).label,
+                source,
+                AuditAction.STARTING_STATE,
+                json.dumps(nothing.as_json()),
+                note,
+            ],
+        )
+        _mark_starting_states_behind(cursor, set(already_in), now)
+    return len(wanted)
+
+
+_STARTING = "preferences_starting_states"
+# COPY's text format: a backslash, tab, newline or carriage return in a value is escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_array(items: Iterable[str]) -> str:
+    """An array literal of channel names or ids, which need no quoting."""
+    return "{" + ",".join(items) + "}"
+
+
+def _ignore_no_trigger(cursor: CursorWrapper) -> None:
+    """Tell pgtrigger's triggers (the audit log's) that none is ignored in this transaction,
+    unless something already is.
+
+    Each of them first asks pgtrigger whether to ignore itself, reading the setting inside an
+    exception block; unset, the read fails, and the failed subtransaction makes PostgreSQL
+    scan every deferred trigger event the transaction has queued (each entry's seal). A
+    transaction writing many entries would take quadratic time."""
+    cursor.execute(
+        "SELECT set_config('pgtrigger.ignore', '{}', true) "
+        "WHERE coalesce(current_setting('pgtrigger.ignore', true), '') IN ('', '{}')"
+    )
+
+
+def _mark_starting_states_behind(cursor: CursorWrapper, told_us: set[str], now: datetime) -> None:
+    """core.mark_many_behind() for the contacts in the temporary table, as one INSERT per
+    target: each target that names the contact (and, if it drops inactive ones, only an
+    active contact) gets a row at version 1, held by the targets that told us."""
+    for found in core.targets():
+        field = Contact._meta.get_field(found.match_on)
+        if not isinstance(field, models.Field) or not field.column:
+            raise TypeError(f"{found.name} is matched on {found.match_on}, not a column")
+        column = connection.ops.quote_name(field.column)
+        active = "AND c.inactive_since IS NULL" if found.active_only else ""
+        holds = found.name in told_us
+        cursor.execute(
+            f"""
+            INSERT INTO preferences_contactsync
+                (contact_id, target, synced_version, notes_version, status, last_error,
+                 attempts, updated_at, synced_at)
+            SELECT c.id, %s, %s, %s, %s, '', 0, %s, %s
+            FROM {_STARTING} s JOIN preferences_contact c ON c.id = s.contact_id
+            WHERE c.{column} IS NOT NULL AND c.{column} <> '' {active}
+            ORDER BY s.pos
+            ON CONFLICT (contact_id, target) DO NOTHING
+            """,
+            [
+                found.name,
+                1 if holds else 0,
+                1 if holds else 0,
+                SyncStatus.SYNCED if holds else SyncStatus.PENDING,
+                now,
+                now if holds else None,
+            ],
+        )
+    core.request_pushes(found.name for found in core.targets() if found.name not in told_us)
 
 
 def escalate(*, contact: Contact, actor: User, note: str) -> Escalation:

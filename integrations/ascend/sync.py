@@ -127,6 +127,7 @@ def change_rows(after_id: int, up_to_id: int) -> Iterator[list[str]]:
         changed |= Q(_IsDistinctFrom(old, new))
     entries = (
         AuditEntry.objects.filter(id__gt=after_id, id__lte=up_to_id, contact__isnull=False)
+        .exclude(contact__ascend_id="")  # not in Ascend (a Lead, mostly)
         .filter(changed)
         .annotate(changed_at=_UtcIso("created_at"), **flags)
         .order_by("id")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +29,7 @@ import jwt
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from simple_salesforce import Salesforce
+from simple_salesforce.bulk2 import Operation
 from simple_salesforce.exceptions import SalesforceError as LibraryError
 from simple_salesforce.exceptions import SalesforceOperationError
 
@@ -41,11 +43,21 @@ MAX_RECORDS = 200  # sObject Collections take at most 200 records a call
 _MAX_COLLECTIONS_PER_CALL = 5  # composite: at most 5 collection subrequests of its 25
 _IDS_PER_QUERY = 200  # keeps "Id IN (...)" far below SOQL's 100,000-character limit
 BULK_PAGE_SIZE = 50_000  # rows per Bulk API 2.0 result page (the API's own default)
+_BULK_WAIT_SECONDS = 3600.0  # how long wait_for_bulk_query waits for a job by default
 _JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+# Salesforce's shared login hosts. The client credentials flow is refused there: it needs
+# the org's My Domain URL; and they are what a JWT bearer assertion's aud names (OAuth 2.0
+# Client Credentials Flow / OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration).
+_LOGIN_HOST = "https://login.salesforce.com"
+_TEST_HOST = "https://test.salesforce.com"
+_GENERIC_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 
 AuthFlow = Literal["client_credentials", "jwt"]
+# How a note's Task is matched to its change: upserted on an External ID field, or, in an
+# org whose Activity field cannot be one, looked for with a query and created if missing.
+TaskMatch = Literal["upsert", "query"]
 # superseded: Salesforce refused the write because it holds a newer version of the contact
 # (the ordering guard, docs/design.md "Sent is not held"); nothing is lost.
 PushStatus = Literal["ok", "superseded", "transient", "permanent"]
@@ -64,7 +76,7 @@ T = TypeVar("T")
 class SalesforceSettings:
     """Where and how to reach Salesforce. Secrets stay out of repr()."""
 
-    login_url: str = "https://login.salesforce.com"
+    login_url: str = ""  # the org's My Domain URL, https://<domain>.my.salesforce.com
     auth: AuthFlow = "client_credentials"
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
@@ -75,17 +87,35 @@ class SalesforceSettings:
     timeout: float = 30.0  # seconds to wait for Salesforce to answer (read timeout)
     connect_timeout: float = 5.0
     task_external_id: str = "Preference_Change_Id__c"
-    jwt_audience: str = ""  # empty: the login URL
+    jwt_audience: str = ""  # empty: login.salesforce.com (test. for a sandbox)
     # The Contact field each push writes the contact's version to, which the org's
     # validation rule keeps from going down; empty: the org has no such field.
     version_field: str = "Preference_Version__c"
+    task_match: TaskMatch = "upsert"
 
     def __post_init__(self) -> None:
         url = urlsplit(self.login_url)
         if url.scheme != "https" or not url.hostname:
-            raise ImproperlyConfigured("SALESFORCE_LOGIN_URL must be an https:// URL")
+            raise ImproperlyConfigured(
+                "SALESFORCE_LOGIN_URL must be the org's https:// My Domain URL, "
+                "like https://example.my.salesforce.com"
+            )
         if self.auth not in ("client_credentials", "jwt"):
             raise ImproperlyConfigured("SALESFORCE_AUTH must be 'client_credentials' or 'jwt'")
+        if self.auth == "client_credentials" and url.hostname in _GENERIC_HOSTS:
+            raise ImproperlyConfigured(
+                f"SALESFORCE_LOGIN_URL is {url.hostname}, but Salesforce grants the client "
+                "credentials flow only at the org's My Domain URL: set it to "
+                "https://<your domain>.my.salesforce.com (Setup > My Domain shows it)"
+            )
+        audience = urlsplit(self.jwt_audience).hostname or ""
+        if audience.endswith(".my.salesforce.com"):
+            raise ImproperlyConfigured(
+                f"SALESFORCE_JWT_AUDIENCE is {self.jwt_audience}, a My Domain URL, which "
+                "Salesforce refuses as a JWT audience: leave it empty, or use "
+                "https://login.salesforce.com, https://test.salesforce.com or the "
+                "Experience Cloud site URL"
+            )
         if not self.client_id:
             raise ImproperlyConfigured("SALESFORCE_CLIENT_ID is required")
         if self.auth == "client_credentials" and not self.client_secret:
@@ -104,6 +134,8 @@ class SalesforceSettings:
             raise ImproperlyConfigured("SALESFORCE_TASK_EXTERNAL_ID must be a field API name")
         if self.version_field and not _FIELD_NAME.match(self.version_field):
             raise ImproperlyConfigured("SALESFORCE_VERSION_FIELD must be a field API name")
+        if self.task_match not in ("upsert", "query"):
+            raise ImproperlyConfigured("SALESFORCE_TASK_MATCH must be 'upsert' or 'query'")
         if self.ca_bundle and not Path(self.ca_bundle).exists():
             raise ImproperlyConfigured(f"SALESFORCE_CA_BUNDLE {self.ca_bundle} does not exist")
 
@@ -127,9 +159,20 @@ class SalesforceSettings:
                 task_external_id=str(get("SALESFORCE_TASK_EXTERNAL_ID", cls.task_external_id)),
                 jwt_audience=str(get("SALESFORCE_JWT_AUDIENCE", "") or ""),
                 version_field=str(get("SALESFORCE_VERSION_FIELD", cls.version_field) or ""),
+                task_match=get("SALESFORCE_TASK_MATCH", cls.task_match),
             )
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"Salesforce settings: {exc}") from None
+
+    def audience(self) -> str:
+        """The JWT bearer assertion's aud: the generic login host, never the My Domain URL
+        the token is requested from (a sandbox's is test.salesforce.com)."""
+        if self.jwt_audience:
+            return self.jwt_audience.rstrip("/")
+        host = urlsplit(self.login_url).hostname or ""
+        if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+            return _TEST_HOST
+        return _LOGIN_HOST
 
     def private_key_pem(self) -> str:
         value = self.private_key.strip()
@@ -196,32 +239,72 @@ class _SessionExpired(Exception):
 class ContactPush:
     """One contact's current state (absolute values) and the notes not yet in Salesforce.
 
-    ``tasks``: Task fields by API name, each with its external id value under the
-    SALESFORCE_TASK_EXTERNAL_ID field (``note_task()`` builds one). WhoId defaults to this
-    contact and Status to Completed; dates may be ``date`` objects.
+    ``object_name``: the sObject the record is (Contact, Lead, or Account for a Person
+    Account); ``fields`` are that object's fields. ``tasks``: Task fields by API name, each
+    with its change id under the SALESFORCE_TASK_EXTERNAL_ID field (``note_task()`` builds
+    one). WhoId defaults to ``who_id``, else this record, and Status to Completed; dates may
+    be ``date`` objects. A Person Account's Tasks name its PersonContactId: Task.WhoId
+    takes a Contact or a Lead ("Task", Object Reference for the Salesforce Platform).
+    ``version_field``: the field ``version`` goes to on this object; None:
+    SALESFORCE_VERSION_FIELD; empty: none.
     """
 
     salesforce_id: str
     fields: dict[str, bool]
     tasks: list[dict[str, Any]] = field(default_factory=list)
     version: int | None = None  # the app's version of the contact these values are
+    object_name: str = "Contact"
+    who_id: str = ""
+    version_field: str | None = None
+
+
+# What became of a contact's notes: all in Salesforce (sent, or found there), or not.
+NotesStatus = Literal["ok", "transient", "permanent"]
+# An sObject Collections request takes records of several types, processed in chunks of
+# one type each, at most 10 a request ("Update Records Using sObject Collections").
+_MAX_CHUNKS = 10
+
+
+@dataclass(frozen=True)
+class _Subrequest:
+    """One sObject Collections subrequest of a composite call."""
+
+    reference: str
+    method: str
+    url: str
+    records: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class PushResult:
+    """What Salesforce did with one record's fields (status, code, message) and, apart, with
+    its notes (notes_status, notes_code, notes_message). With allOrNone false every
+    subrequest of the composite call, and every record of a collection, stands on its own
+    ("allOrNone Parameters in Composite and Collections Requests", REST API Developer
+    Guide): a refused Task leaves the field update standing."""
+
     salesforce_id: str
     status: PushStatus
     code: str = ""
     message: str = ""
+    notes_status: NotesStatus = "ok"
+    notes_code: str = ""
+    notes_message: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """The fields and every note landed."""
+        return self.status == "ok" and self.notes_sent
 
     @property
     def held(self) -> bool:
-        """Salesforce holds these values or newer ones."""
+        """Salesforce holds these values or newer ones (whatever became of the notes)."""
         return self.status in ("ok", "superseded")
+
+    @property
+    def notes_sent(self) -> bool:
+        """Salesforce holds every note of this push."""
+        return self.notes_status == "ok"
 
 
 def note_task(
@@ -348,7 +431,7 @@ class SalesforceClient:
         claims = {
             "iss": config.client_id,
             "sub": config.username,
-            "aud": config.jwt_audience or config.login_url.rstrip("/"),
+            "aud": config.audience(),
             # Salesforce accepts assertions that expire within 3 minutes.
             "exp": int((datetime.now(UTC) + timedelta(minutes=3)).timestamp()),
         }
@@ -387,15 +470,30 @@ class SalesforceClient:
     # -- outbound ----------------------------------------------------------------------------
 
     def push(self, records: Sequence[ContactPush]) -> list[PushResult]:
-        """Update up to 200 contacts and upsert their note Tasks in one composite call.
+        """Update up to 200 records' fields and send their notes as Tasks in one composite
+        call, allOrNone false.
 
-        Returns one result per contact, in order: ok; superseded (the org's ordering rule
-        refused it because Salesforce holds a newer version); or failed with Salesforce's
-        code and message — transient for UNABLE_TO_LOCK_ROW, permanent otherwise. A contact
-        whose Task failed is failed too (a repeat push is harmless: absolute values, upserts).
-        Each contact's version goes in the version field, when the org has one.
-        Raises TransientError / PermanentError when the call as a whole fails. Only past
-        800 tasks does it need a second call.
+        Returns one result per record, in order. Its fields: ok; superseded (the org's
+        ordering rule refused them because Salesforce holds a newer version); or failed
+        with Salesforce's code and message, transient for UNABLE_TO_LOCK_ROW and the like,
+        permanent otherwise. Its notes apart (notes_status): with allOrNone false a failed
+        subrequest or record does not undo the others ("allOrNone Parameters in Composite
+        and Collections Requests"), so a refused Task leaves the fields held. A repeat is
+        harmless: absolute values, and Tasks matched on their change id.
+
+        Notes go by SALESFORCE_TASK_MATCH: "upsert" on the change id's External ID field
+        ("Upsert Records Using sObject Collections"); "query", for an org where that Task
+        field cannot be an External ID: the Tasks already carrying these change ids are
+        queried first (200 ids a query) and only the missing ones created ("Create Records
+        Using sObject Collections"). In query mode the caller must hold back the notes of a
+        contact whose earlier push may still land (docs/design.md, "Sent is not held"):
+        the query cannot see a Task that request has yet to create.
+
+        Contacts, Leads and Person Accounts share one update, grouped by object: Salesforce
+        processes a mixed list in chunks of one type, at most 10 a request ("Update Records
+        Using sObject Collections"). Each record's version goes to its version field.
+        Raises TransientError / PermanentError when the call as a whole, or the records'
+        subrequest, fails. Only past 800 tasks does it need a second call.
         """
         if not records:
             return []
@@ -407,84 +505,105 @@ class SalesforceClient:
         if len(set(ids)) != len(ids):
             raise ValueError("each contact may appear once in a push")
         for record in records:
-            for name in record.fields:
-                if not _FIELD_NAME.match(name) or name.lower() == "id":
-                    raise ValueError(f"not a Contact field to update: {name!r}")
+            _check_object(record.object_name)
+            if record.who_id:
+                _check_id(record.who_id)
+            for name in [*record.fields, record.version_field or ""]:
+                if name and (not _FIELD_NAME.match(name) or name.lower() == "id"):
+                    raise ValueError(f"not a {record.object_name} field to update: {name!r}")
+        # Each object's records together, in push order within it: one chunk per object.
+        rank: dict[str, int] = {}
+        for record in records:
+            rank.setdefault(record.object_name, len(rank))
+        if len(rank) > _MAX_CHUNKS:
+            raise ValueError(f"push at most {_MAX_CHUNKS} objects at a time")
+        order = sorted(range(len(records)), key=lambda i: rank[records[i].object_name])
 
         external_id = self.config.task_external_id
-        version_field = self.config.version_field
-        contacts = [
-            {
-                "attributes": {"type": "Contact"},
-                "id": record.salesforce_id,
-                **record.fields,
-                **(
-                    {version_field: record.version}
-                    if version_field and record.version is not None
-                    else {}
-                ),
-            }
-            for record in records
-        ]
+        contacts = [self._update_record(records[index]) for index in order]
         tasks: dict[str, dict[str, Any]] = {}
         owners: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             for task in record.tasks:
-                body = self._task_record(task, record.salesforce_id)
+                body = self._task_record(task, record.who_id or record.salesforce_id)
                 tasks[body[external_id]] = body  # the same note twice: send it once
                 owners.setdefault(body[external_id], []).append(index)
 
-        version = self.config.api_version
-        subrequests: list[tuple[str, str, list[dict[str, Any]]]] = [
-            ("contacts", f"/services/data/v{version}/composite/sobjects", contacts)
-        ]
-        task_list = list(tasks.values())
-        for number, start in enumerate(range(0, len(task_list), MAX_RECORDS)):
-            subrequests.append(
-                (
-                    f"tasks{number}",
-                    f"/services/data/v{version}/composite/sobjects/Task/{external_id}",
-                    task_list[start : start + MAX_RECORDS],
-                )
-            )
+        prefix = f"/services/data/v{self.config.api_version}/composite/sobjects"
+        if self.config.task_match == "query":
+            present = self._tasks_present(list(tasks))
+            sending = [body for key, body in tasks.items() if key.lower() not in present]
+            task_method, task_url = "POST", prefix
+        else:
+            sending = list(tasks.values())
+            task_method, task_url = "PATCH", f"{prefix}/Task/{external_id}"
+        subrequests = [_Subrequest("contacts", "PATCH", prefix, contacts)]
+        for number, start in enumerate(range(0, len(sending), MAX_RECORDS)):
+            chunk = sending[start : start + MAX_RECORDS]
+            subrequests.append(_Subrequest(f"tasks{number}", task_method, task_url, chunk))
 
-        outcomes: list[tuple[PushStatus, str, str]] = [("ok", "", "")] * len(records)
+        fields: list[tuple[PushStatus, str, str]] = [("ok", "", "")] * len(records)
+        notes: list[tuple[NotesStatus, str, str]] = [("ok", "", "")] * len(records)
         for start in range(0, len(subrequests), _MAX_COLLECTIONS_PER_CALL):
             batch = subrequests[start : start + _MAX_COLLECTIONS_PER_CALL]
             body = {
                 "allOrNone": False,
                 "compositeRequest": [
                     {
-                        "method": "PATCH",
-                        "url": url,
-                        "referenceId": reference,
-                        "body": {"allOrNone": False, "records": sub_records},
+                        "method": sub.method,
+                        "url": sub.url,
+                        "referenceId": sub.reference,
+                        "body": {"allOrNone": False, "records": sub.records},
                     }
-                    for reference, url, sub_records in batch
+                    for sub in batch
                 ],
             }
             response = self._call(
                 partial(Salesforce.restful, path="composite", method="POST", json=body)
             )
-            for reference, _url, sub_records in batch:
-                results = _subrequest_results(response, reference, len(sub_records))
-                for position, (sub_record, result) in enumerate(
-                    zip(sub_records, results, strict=True)
-                ):
-                    outcome = _record_outcome(result, version_field)
-                    if reference == "contacts":
-                        targets = [position]  # the contacts subrequest is in push order
-                    else:
-                        key = sub_record[external_id]
-                        targets = owners[key]
-                        if outcome[0] != "ok":
-                            outcome = (outcome[0], outcome[1], f"Task {key}: {outcome[2]}")
-                    for index in targets:
-                        outcomes[index] = _worse(outcomes[index], outcome)
+            for sub in batch:
+                if sub.reference == "contacts":
+                    results = _subrequest_results(response, sub.reference, len(sub.records))
+                    for index, result in zip(order, results, strict=True):
+                        fields[index] = _record_outcome(result, self._version_field(records[index]))
+                    continue
+                for key, outcome in _task_outcomes(response, sub, external_id):
+                    for index in owners[key]:
+                        notes[index] = _worse(notes[index], outcome)
         return [
-            PushResult(salesforce_id, status, code, message)
-            for salesforce_id, (status, code, message) in zip(ids, outcomes, strict=True)
+            PushResult(salesforce_id, status, code, message, *notes[index])
+            for index, (salesforce_id, (status, code, message)) in enumerate(
+                zip(ids, fields, strict=True)
+            )
         ]
+
+    def _update_record(self, record: ContactPush) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "attributes": {"type": record.object_name},
+            "id": record.salesforce_id,
+            **record.fields,
+        }
+        version_field = self._version_field(record)
+        if version_field and record.version is not None:
+            body[version_field] = record.version
+        return body
+
+    def _version_field(self, record: ContactPush) -> str:
+        if record.version_field is None:
+            return self.config.version_field
+        return record.version_field
+
+    def _tasks_present(self, change_ids: Sequence[str]) -> set[str]:
+        """The change ids, lower-cased, that Tasks in Salesforce already carry (SOQL compares
+        text ignoring case), 200 a query."""
+        name = self.config.task_external_id
+        found: set[str] = set()
+        for start in range(0, len(change_ids), _IDS_PER_QUERY):
+            values = ", ".join(_soql_string(v) for v in change_ids[start : start + _IDS_PER_QUERY])
+            soql = f"SELECT Id, {name} FROM Task WHERE {name} IN ({values})"
+            for task in self._query(soql, include_deleted=False):
+                found.add(str(task.get(name) or "").lower())
+        return found
 
     def _task_record(self, task: Mapping[str, Any], who_id: str) -> dict[str, Any]:
         name = self.config.task_external_id
@@ -513,26 +632,58 @@ class SalesforceClient:
         *,
         include_deleted: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Contacts whose SystemModstamp is in (since, until], oldest first (ties by Id),
-        across as many pages as it takes. Each is a dict of the fields asked for plus Id,
-        SystemModstamp (an aware datetime) and LastModifiedById (tells the app's own writes
-        from others').
+        """Contacts whose SystemModstamp is in (since, until]: see changed_records()."""
+        return self.changed_records(
+            "Contact", since, until, fields, include_deleted=include_deleted
+        )
+
+    def changed_records(
+        self,
+        object_name: str,
+        since: datetime,
+        until: datetime | None = None,
+        fields: Iterable[str] = (),
+        *,
+        where: str = "",
+        include_deleted: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Records of an object whose SystemModstamp is in (since, until], oldest first (ties
+        by Id), across as many pages as it takes. Each is a dict of the fields asked for plus
+        Id, SystemModstamp (an aware datetime) and LastModifiedById (tells the app's own
+        writes from others'). ``where`` is a fixed filter of the app's own (never input);
+        include_deleted reads through queryAll, so deleted and merged records come too,
+        with IsDeleted and MasterRecordId.
 
         Real Salesforce stores SystemModstamp to the second and stamps a transaction when it
         starts, so a later-committing write can carry an earlier stamp: pass an ``until`` a
         little in the past and resume from the last stamp seen.
         """
-        names = _field_list(["Id", "SystemModstamp", "LastModifiedById", *fields])
-        where = f"SystemModstamp > {_soql_datetime(since)}"
+        _check_object(object_name)
+        extra = ["IsDeleted", "MasterRecordId"] if include_deleted else []
+        names = _field_list(["Id", "SystemModstamp", "LastModifiedById", *extra, *fields])
+        conditions = [f"SystemModstamp > {_soql_datetime(since)}"]
         if until is not None:
-            where += f" AND SystemModstamp <= {_soql_datetime(until)}"
-        soql = f"SELECT {', '.join(names)} FROM Contact WHERE {where} ORDER BY SystemModstamp, Id"
+            conditions.append(f"SystemModstamp <= {_soql_datetime(until)}")
+        if where:
+            conditions.append(where)
+        soql = (
+            f"SELECT {', '.join(names)} FROM {object_name} WHERE {' AND '.join(conditions)} "
+            "ORDER BY SystemModstamp, Id"
+        )
         return self._query(soql, include_deleted)
 
     def get_contacts(
         self, salesforce_ids: Iterable[str], fields: Iterable[str]
     ) -> list[dict[str, Any]]:
         """The named contacts that exist (deleted ones left out), 200 ids a query."""
+        return self.get_records("Contact", salesforce_ids, fields)
+
+    def get_records(
+        self, object_name: str, salesforce_ids: Iterable[str], fields: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """The named records of an object that exist (deleted ones left out), 200 ids a
+        query."""
+        _check_object(object_name)
         ids = list(dict.fromkeys(salesforce_ids))
         for salesforce_id in ids:
             _check_id(salesforce_id)
@@ -540,7 +691,7 @@ class SalesforceClient:
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), _IDS_PER_QUERY):
             quoted = ", ".join(f"'{i}'" for i in ids[start : start + _IDS_PER_QUERY])
-            soql = f"SELECT {', '.join(names)} FROM Contact WHERE Id IN ({quoted})"
+            soql = f"SELECT {', '.join(names)} FROM {object_name} WHERE Id IN ({quoted})"
             found.extend(self._query(soql, include_deleted=False))
         return found
 
@@ -565,8 +716,45 @@ class SalesforceClient:
             raise PermanentError("INVALID_RESPONSE", "expected ids and latestDateCovered")
         return list(body.get("ids", [])), _parse_datetime(str(body["latestDateCovered"]))
 
+    def describe(self, object_name: str) -> dict[str, Any]:
+        """An object's describe as the run-as user sees it (REST API Developer Guide,
+        "sObject Describe"): object flags (queryable, updateable, createable...) and its
+        ``fields``, each with type, updateable, createable, externalId, filterable. A field
+        the user's field-level security hides is left out, as if the org had none."""
+        _check_object(object_name)
+        body = self._call(lambda api: api.restful(f"sobjects/{object_name}/describe"))
+        if not isinstance(body, dict) or not isinstance(body.get("fields"), list):
+            raise PermanentError("INVALID_RESPONSE", f"expected {object_name}'s describe")
+        return body
+
+    def tooling_query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record of a Tooling API query (Tooling API Developer Guide, "REST
+        Resources": ``/tooling/query/?q=``), across pages; ``soql`` is the app's own, never
+        input. Which user permission a query needs varies by object (same page); without it
+        Salesforce refuses the query, a PermanentError."""
+        page = self._call(lambda api: api.toolingexecute("query/", params={"q": soql}))
+        records: list[dict[str, Any]] = []
+        while True:
+            if not isinstance(page, dict):
+                raise PermanentError("INVALID_RESPONSE", "expected a Tooling API query result")
+            records.extend(_plain(record) for record in page.get("records", []))
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return records
+            page = self._call(
+                partial(
+                    Salesforce.query_more,
+                    next_records_identifier=page["nextRecordsUrl"],
+                    identifier_is_url=True,
+                )
+            )
+
     def bulk_query(
-        self, object_name: str, fields: Iterable[str], *, page_size: int = BULK_PAGE_SIZE
+        self,
+        object_name: str,
+        fields: Iterable[str],
+        *,
+        where: str = "",
+        page_size: int = BULK_PAGE_SIZE,
     ) -> Iterator[str]:
         """Every record of an object through a Bulk API 2.0 query job, page by page: CSV
         text, header row first, booleans as true/false (Bulk API 2.0 Developer Guide, "Get
@@ -575,9 +763,10 @@ class SalesforceClient:
         on this client's session and timeouts. A session that expires before the first page
         starts the job again (a query job only reads); after it, the reading fails as
         transient, since the caller holds part of the result."""
-        if not _FIELD_NAME.match(object_name):
-            raise ValueError(f"not a Salesforce object name: {object_name!r}")
+        _check_object(object_name)
         soql = f"SELECT {', '.join(_field_list(fields))} FROM {object_name}"
+        if where:  # a fixed filter of the app's own, never input
+            soql += f" WHERE {where}"
         yielded = False
         for attempt in (1, 2):
             api = self._api or self._open()
@@ -596,6 +785,84 @@ class SalesforceClient:
                 logger.info("Salesforce session expired before a bulk query's first page")
                 self._open(expired=api.session_id)
 
+    # The initial load reads a query job page by page across processes: it keeps the job id
+    # and the next page's locator in the database, and a rerun after a kill carries on with
+    # them (docs/design.md, "Initial load"). A job's results stay for 7 days (Bulk API 2.0
+    # Developer Guide, "Get Results for a Query Job").
+
+    def create_bulk_query(self, object_name: str, fields: Iterable[str], *, where: str = "") -> str:
+        """Create a Bulk API 2.0 query job for every record of an object; returns its id.
+        ``where`` is a fixed filter of the app's own, never input."""
+        _check_object(object_name)
+        soql = f"SELECT {', '.join(_field_list(fields))} FROM {object_name}"
+        if where:
+            soql += f" WHERE {where}"
+        job = self._call(
+            lambda api: getattr(api.bulk2, object_name)._client.create_job(_BULK_QUERY, soql)
+        )
+        job_id = job.get("id") if isinstance(job, Mapping) else None
+        if not isinstance(job_id, str) or not job_id:
+            raise PermanentError("INVALID_RESPONSE", "the new query job has no id")
+        return job_id
+
+    def wait_for_bulk_query(
+        self,
+        object_name: str,
+        job_id: str,
+        *,
+        timeout: float = _BULK_WAIT_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> int:
+        """Wait until a query job is JobComplete; returns how many records it found.
+        A job that failed or was aborted is PermanentError BULK_JOB_FAILED; one still running
+        after ``timeout`` seconds is TransientError BULK_JOB_TIMEOUT (waiting again later is
+        harmless)."""
+        _check_object(object_name)
+        _check_id(job_id)  # it goes into the URL
+        deadline = time.monotonic() + timeout
+        delay = 0.0
+        while True:
+            info = self._call(
+                lambda api: getattr(api.bulk2, object_name)._client.get_job(job_id, True)
+            )
+            state = info.get("state") if isinstance(info, Mapping) else None
+            if state == "JobComplete":
+                return int(info.get("numberRecordsProcessed") or 0)
+            if state in ("Aborted", "Failed"):
+                detail = info.get("errorMessage") or state
+                raise PermanentError("BULK_JOB_FAILED", f"query job {job_id}: {detail}"[:500])
+            if time.monotonic() + delay > deadline:
+                raise TransientError("BULK_JOB_TIMEOUT", f"query job {job_id} is still {state}")
+            # Salesforce answers a status read in no time; polling a large job every second
+            # for minutes would only spend API calls, so the wait grows to 10 s.
+            delay = min(max(delay * 2, 0.25), 10.0)
+            sleep(delay)
+
+    def bulk_page(
+        self, object_name: str, job_id: str, locator: str = "", page_size: int = BULK_PAGE_SIZE
+    ) -> tuple[str, str]:
+        """One page of a complete query job's results: (CSV text, header row first; the
+        next page's locator, empty after the last page). ``locator`` empty: the first page.
+        Reading a page changes nothing, so an expired session is signed in again and the
+        page read again (_call)."""
+        _check_object(object_name)
+        _check_id(job_id)
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        result = self._call(
+            lambda api: getattr(api.bulk2, object_name)._client.get_query_results(
+                job_id, locator, page_size
+            )
+        )
+        return str(result["records"]), str(result["locator"] or "")
+
+    def count_requests(self) -> RequestCount:
+        """From now on, count the API requests this client sends (token requests are not
+        API calls, as Salesforce counts them)."""
+        counter = RequestCount()
+        self._http.hooks["response"].append(counter)
+        return counter
+
     def _query(self, soql: str, include_deleted: bool) -> Iterator[dict[str, Any]]:
         # Pages one at a time, each call with its own re-login, rather than
         # simple-salesforce's query_all_iter, whose later pages would escape _call.
@@ -611,6 +878,21 @@ class SalesforceClient:
                     Salesforce.query_more, next_records_identifier=next_url, identifier_is_url=True
                 )
             )
+
+
+_BULK_QUERY = Operation.query
+_OAUTH_ENDPOINT = "/services/oauth2/token"
+
+
+class RequestCount:
+    """A response hook on the client's session that counts its API requests."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        if not urlsplit(str(response.request.url)).path.endswith(_OAUTH_ENDPOINT):
+            self.calls += 1
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -690,13 +972,50 @@ def _record_outcome(
     return (status, code, message)
 
 
+def _task_outcomes(
+    response: Any, sub: _Subrequest, external_id: str
+) -> Iterator[tuple[str, tuple[NotesStatus, str, str]]]:
+    """(change id, outcome) of each Task a subrequest sent. A subrequest refused as a whole
+    (an upsert on a field that is not an External ID answers 404 NOT_FOUND: "Insert or
+    Update (Upsert) a Record Using an External ID", its error responses) fails each of its
+    Tasks, and nothing else: the fields went in a subrequest of their own."""
+    try:
+        results = _subrequest_results(response, sub.reference, len(sub.records))
+    except ConnectorError as error:
+        status: NotesStatus = "transient" if isinstance(error, TransientError) else "permanent"
+        outcomes = [(status, error.code, error.message)] * len(sub.records)
+    else:
+        outcomes = [_task_outcome(result) for result in results]
+    for task, (status, code, message) in zip(sub.records, outcomes, strict=True):
+        key = str(task[external_id])
+        yield key, (status, code, f"Task {key}: {message}" if status != "ok" else "")
+
+
+def _task_outcome(result: Mapping[str, Any]) -> tuple[NotesStatus, str, str]:
+    status, code, message = _record_outcome(result)
+    if status == "ok":
+        return ("ok", "", "")
+    # "superseded" is the contact's ordering rule; a Task's refusal is a refusal.
+    return ("transient" if status == "transient" else "permanent", code, message)
+
+
 _SEVERITY = {"ok": 0, "superseded": 1, "transient": 2, "permanent": 3}
+S = TypeVar("S", bound=str)
 
 
-def _worse(
-    current: tuple[PushStatus, str, str], new: tuple[PushStatus, str, str]
-) -> tuple[PushStatus, str, str]:
+def _worse(current: tuple[S, str, str], new: tuple[S, str, str]) -> tuple[S, str, str]:
     return new if _SEVERITY[new[0]] > _SEVERITY[current[0]] else current
+
+
+def _soql_string(value: str) -> str:
+    """A SOQL string literal: quotes and backslashes escaped (SOQL and SOSL Reference,
+    "Quoted String Escape Sequences")."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_object(name: str) -> None:
+    if not _FIELD_NAME.match(name):
+        raise ValueError(f"not a Salesforce object name: {name!r}")
 
 
 def _check_id(value: str) -> None:
@@ -715,10 +1034,12 @@ def _field_list(names: Iterable[str]) -> list[str]:
 
 
 def _soql_datetime(value: datetime) -> str:
+    """A SOQL dateTime literal as the SOQL reference documents it ("Date Formats and Date
+    Literals"): whole seconds, UTC, Z. Truncated, not rounded: a window (since, until]
+    drawn with these literals may read a record of the same second twice, never miss one."""
     if value.tzinfo is None:
         raise ValueError("use an aware datetime")
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _iso(value: datetime) -> str:

@@ -1,20 +1,15 @@
-"""Carrying preferences between Preference Desk and Salesforce: the Salesforce target's push,
-and the inbound pull.
+"""Carrying preferences to Salesforce: the Salesforce target's push, and the read-back of
+pushes whose answer never came. What is read from Salesforce is in inbound.py.
 
 Outbound is state-based (integrations/core.py): a push sends each contact's current absolute
-values and upserts its not-yet-sent notes as Tasks (on the change's id), so a repeat is
-harmless and order cannot invert.
-
-Inbound reads the contacts changed in Salesforce since a watermark and applies what differs
-through apply_change(), with the conflict rule of docs/design.md ("Inbound changes"): the
-most protective value (opted out) wins, unless the local change is a consent-backed
-re-enrolment that is newer.
+values, to its own object (Contact, Lead or Person Account: objects.py), and its
+not-yet-sent notes as Tasks matched on the change's id, so a repeat is harmless and order
+cannot invert. Values and notes are recorded apart: a refused Task leaves the values held
+(synced_version) and only the notes behind (notes_version), to be sent again.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,55 +20,67 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from audit.models import AuditAction, AuditEntry, Source
+from audit.models import AuditEntry
 from integrations import core
 from integrations.base import ConnectorError, PermanentError
+from integrations.salesforce import inbound, objects
 from integrations.salesforce.client import (
     MAX_RECORDS,
     ContactPush,
     PushResult,
     SalesforceClient,
+    SalesforceSettings,
+    TaskMatch,
     note_task,
 )
-from lib.channels import SALESFORCE_FIELDS, Channel
+from integrations.salesforce.objects import SalesforceObject
+from lib.channels import Channel
 from preferences.models import (
     ChannelPreference,
     Contact,
+    ContactKind,
     ContactSync,
     EmailCategory,
     Subscription,
-    SyncStatus,
-    SyncWatermark,
 )
-from preferences.services import ChangeRefused, apply_change, current_state
 
 logger = logging.getLogger(__name__)
 
 TARGET = "salesforce"
 SALESFORCE_ACTOR = "Salesforce sync"
-WATERMARK = "salesforce_contacts"
 
 
 def _salesforce_fields(
-    opted_out: dict[str, bool], categories: set[str], category_fields: dict[str, str]
+    found: SalesforceObject,
+    opted_out: dict[str, bool],
+    categories: set[str],
+    category_fields: dict[str, str],
 ) -> dict[str, bool]:
-    fields = {SALESFORCE_FIELDS[c]: opted_out.get(c, False) for c in Channel.values}
-    for key, field_name in category_fields.items():
+    """The object's opt-out fields and, if it has them, its category checkboxes."""
+    fields = {found.opt_out_fields[c]: opted_out.get(c, False) for c in Channel.values}
+    for key, field_name in found.category_fields(category_fields).items():
         fields[field_name] = key in categories
     return fields
 
 
 def _active_category_fields() -> dict[str, str]:
-    return dict(EmailCategory.objects.filter(is_active=True).values_list("key", "salesforce_field"))
+    return inbound.active_category_fields()
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What Salesforce should hold for a contact: its fields at the app's version."""
+    """What Salesforce should hold for a contact: its record's fields (of the object its
+    kind is) at the app's version, and whom its Tasks name."""
 
     salesforce_id: str
     version: int
     fields: dict[str, bool]
+    kind: str = ContactKind.CONTACT
+    who_id: str = ""  # Task.WhoId: a Person Account's PersonContactId, else salesforce_id
+
+    @property
+    def object(self) -> SalesforceObject:
+        return objects.BY_KIND[self.kind]
 
 
 def expected_values(contact_ids: Iterable[int]) -> dict[int, Expected]:
@@ -85,7 +92,9 @@ def expected_values(contact_ids: Iterable[int]) -> dict[int, Expected]:
     """
     ids = list(contact_ids)
     contacts = list(
-        Contact.objects.filter(pk__in=ids).values_list("pk", "salesforce_id", "version")
+        Contact.objects.filter(pk__in=ids).values_list(
+            "pk", "salesforce_id", "version", "kind", "person_contact_id"
+        )
     )
     opted_out: dict[int, dict[str, bool]] = {pk: {} for pk in ids}
     for pk, channel, value in ChannelPreference.objects.filter(contact_id__in=ids).values_list(
@@ -98,26 +107,37 @@ def expected_values(contact_ids: Iterable[int]) -> dict[int, Expected]:
     ):
         categories[pk].add(key)
     category_fields = _active_category_fields()
-    return {
-        pk: Expected(
-            salesforce_id,
-            version,
-            _salesforce_fields(opted_out[pk], categories[pk], category_fields),
+    found: dict[int, Expected] = {}
+    for pk, salesforce_id, version, kind, person_contact_id in contacts:
+        fields = _salesforce_fields(
+            objects.BY_KIND[kind], opted_out[pk], categories[pk], category_fields
         )
-        for pk, salesforce_id, version in contacts
-    }
+        who = person_contact_id if kind == ContactKind.PERSON_ACCOUNT else salesforce_id
+        found[pk] = Expected(salesforce_id, version, fields, kind, who)
+    return found
 
 
-def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int, int]]:
-    """The pushes for the claimed rows (each with the notes not yet sent as Tasks), and the
-    contact version each one carries."""
+def _build_pushes(
+    rows: list[ContactSync], *, task_match: TaskMatch = "upsert", now: datetime | None = None
+) -> tuple[list[ContactPush], dict[int, int], dict[int, datetime]]:
+    """The pushes for the claimed rows, each with the notes not yet in Salesforce as Tasks;
+    the contact version each one carries; and the contacts whose notes are held back, with
+    when they may go.
+
+    Notes are those after notes_version, not synced_version: a note Salesforce refused
+    where it took the values is still to send. In query mode (SALESFORCE_TASK_MATCH) a
+    contact whose earlier push may still land keeps its notes back until it cannot: that
+    request may yet create a Task the query before this one's creation would not see
+    (docs/design.md, "Sent is not held"). Its values go regardless.
+    """
+    now = now or timezone.now()
     expected = expected_values(row.contact_id for row in rows)
     names = dict(EmailCategory.objects.values_list("key", "name"))
     wanted = Q(pk__in=[])
     for row in rows:
         wanted |= Q(
             contact_id=row.contact_id,
-            contact_version__gt=row.synced_version,
+            contact_version__gt=row.notes_version,
             contact_version__lte=expected[row.contact_id].version,
         )
     notes: dict[int, list[dict[str, Any]]] = {row.contact_id: [] for row in rows}
@@ -125,22 +145,34 @@ def _build_pushes(rows: list[ContactSync]) -> tuple[list[ContactPush], dict[int,
         notes[entry.contact_id].append(  # type: ignore[index]
             note_task(
                 change_id=f"PD-{entry.pk}",
-                who_id=expected[entry.contact_id].salesforce_id,  # type: ignore[index]
+                who_id=expected[entry.contact_id].who_id,  # type: ignore[index]
                 subject=f"Preference change: {entry.get_action_display()}",
                 description=_task_description(entry, names),
                 activity_date=entry.created_at.date(),
             )
         )
-    pushes = [
-        ContactPush(
-            salesforce_id=expected[row.contact_id].salesforce_id,
-            fields=expected[row.contact_id].fields,
-            tasks=notes[row.contact_id],
-            version=expected[row.contact_id].version,
+    window = timedelta(seconds=settings.SALESFORCE_MAX_REQUEST_SECONDS)
+    held: dict[int, datetime] = {}
+    pushes = []
+    for row in rows:
+        found = expected[row.contact_id]
+        tasks = notes[row.contact_id]
+        uncertain = row.uncertain_since
+        if task_match == "query" and tasks and uncertain and uncertain + window > now:
+            held[row.contact_id] = uncertain + window
+            tasks = []
+        pushes.append(
+            ContactPush(
+                salesforce_id=found.salesforce_id,
+                fields=found.fields,
+                tasks=tasks,
+                version=found.version,
+                object_name=found.object.name,
+                who_id=found.who_id,
+                version_field=found.object.version_field,
+            )
         )
-        for row in rows
-    ]
-    return pushes, {pk: found.version for pk, found in expected.items()}
+    return pushes, {pk: found.version for pk, found in expected.items()}, held
 
 
 def _task_description(entry: AuditEntry, names: dict[str, str]) -> str:
@@ -165,13 +197,24 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
     outcome = core.BatchOutcome(claimed=len(rows))
     if not rows:
         return outcome
-    pushes, versions = _build_pushes(rows)
+    config = SalesforceSettings.from_django()
+    pushes, versions, held = _build_pushes(rows, task_match=config.task_match, now=now)
     # One retry time for the whole batch: per-row jitter would split it into many calls.
     delay = timedelta(seconds=core.retry_delay(max(row.attempts for row in rows) + 1))
     results: list[PushResult] | None = None
     sent_at = timezone.now()
+    # In query mode a note's Task is created when the query finds none, so a request of
+    # ours still on its way could create it a second time. Marked before sending: should
+    # this worker die waiting, the next push holds those notes back until it cannot land.
+    creating = []
+    if config.task_match == "query":
+        creating = [row.pk for row, push in zip(rows, pushes, strict=True) if push.tasks]
+        if creating:
+            core.mark_in_flight(
+                creating, since=sent_at, max_request_seconds=settings.SALESFORCE_MAX_REQUEST_SECONDS
+            )
     try:
-        with SalesforceClient() as client:
+        with SalesforceClient(config) as client:
             results = client.push(pushes)
     except ConnectorError as error:
         message = f"{error.code}: {error}"
@@ -180,6 +223,8 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
         if error.outcome_unknown:
             # It may still land, after the retry: read the values back once it cannot.
             core.mark_uncertain([row.pk for row in rows], since=sent_at)
+        elif creating:
+            core.clear_in_flight(creating, since=sent_at)
         for row in rows:
             if isinstance(error, PermanentError):
                 _record_refusal(row, token, message, done)
@@ -191,22 +236,61 @@ def push_batch(limit: int = MAX_RECORDS) -> core.BatchOutcome:
         logger.warning("Salesforce push of %d contacts failed: %s", len(rows), message)
         return outcome
 
+    if creating:
+        core.clear_in_flight(creating, since=sent_at)  # answered: nothing of it can land later
     done = timezone.now()
     retry_at = done + delay
     succeeded = []
     for row, result in zip(rows, results, strict=True):
-        if result.held:  # superseded: Salesforce already holds a newer version of ours
-            succeeded.append((row, versions[row.contact_id]))
-        elif result.status == "transient":
-            core.record_transient(row, token, f"{result.code}: {result.message}", done, retry_at)
+        version = versions[row.contact_id]
+        if not result.held:
+            if result.status == "transient":
+                refused = f"{result.code}: {result.message}"
+                core.record_transient(row, token, refused, done, retry_at)
+                outcome.retry += 1
+                _retry_at(outcome, retry_at)
+            else:
+                _record_refusal(row, token, f"{result.code}: {result.message}", done)
+                outcome.failed += 1
+        elif not result.notes_sent:
+            # allOrNone false: the values stand whatever became of the note (client.push).
+            note = f"{result.notes_code}: {result.notes_message}"
+            if result.notes_status == "transient":
+                refused = f"Salesforce holds the preferences; the note will be sent again: {note}"
+                core.record_notes_behind(
+                    row, token, done, version=version, retry_at=retry_at, error=refused
+                )
+                outcome.retry += 1
+                _retry_at(outcome, retry_at)
+            else:
+                refused = f"Salesforce holds the preferences but refused the note: {note}"
+                core.record_notes_behind(
+                    row,
+                    token,
+                    done,
+                    version=version,
+                    retry_at=None,
+                    error=refused,
+                    failed=True,
+                    system=SALESFORCE_ACTOR,
+                )
+                outcome.failed += 1
+        elif row.contact_id in held:
+            until = held[row.contact_id]
+            core.record_notes_behind(row, token, done, version=version, retry_at=until)
             outcome.retry += 1
-            outcome.next_attempt_at = retry_at
-        else:
-            _record_refusal(row, token, f"{result.code}: {result.message}", done)
-            outcome.failed += 1
+            _retry_at(outcome, until)
+        else:  # superseded too: Salesforce already holds a newer version of ours
+            succeeded.append((row, version))
     core.record_successes(succeeded, token, done)
     outcome.synced = len(succeeded)
     return outcome
+
+
+def _retry_at(outcome: core.BatchOutcome, when: datetime) -> None:
+    """The batch's next push: the earliest retry (the sweeper finds any later ones)."""
+    if outcome.next_attempt_at is None or when < outcome.next_attempt_at:
+        outcome.next_attempt_at = when
 
 
 @dataclass
@@ -227,10 +311,27 @@ def verify_uncertain(limit: int = MAX_RECORDS) -> VerifyOutcome:
     if not rows:
         return outcome
     contact_ids = [row.contact_id for row in rows]
-    ids = dict(Contact.objects.filter(pk__in=contact_ids).values_list("pk", "salesforce_id"))
+    ids: dict[int, str] = {}
+    by_kind: dict[str, list[str]] = {}
+    for pk, salesforce_id, kind in Contact.objects.filter(pk__in=contact_ids).values_list(
+        "pk", "salesforce_id", "kind"
+    ):
+        ids[pk] = salesforce_id
+        by_kind.setdefault(kind, []).append(salesforce_id)
+    category_fields = _active_category_fields()
+    remote: dict[str, dict[str, Any]] = {}
     with SalesforceClient() as client:
-        names = [*_active_category_fields().values(), *SALESFORCE_FIELDS.values()]
-        remote = {r["Id"]: r for r in client.get_contacts(ids.values(), names)}
+        for kind, salesforce_ids in by_kind.items():  # each object's records from it
+            kept_in = objects.BY_KIND[kind]
+            names = [
+                *kept_in.opt_out_fields.values(),
+                *kept_in.category_fields(category_fields).values(),
+            ]
+            if kept_in is objects.CONTACT:
+                records = client.get_contacts(salesforce_ids, names)
+            else:
+                records = client.get_records(kept_in.name, salesforce_ids, names)
+            remote.update((record["Id"], record) for record in records)
     # The app's values read after Salesforce's: a change committing in between is pushed
     # anyway, so at worst this pushes once more than needed.
     expected = expected_values(contact_ids)
@@ -255,157 +356,6 @@ def verify_uncertain(limit: int = MAX_RECORDS) -> VerifyOutcome:
     return outcome
 
 
-# --- reconciliation --------------------------------------------------------------------------
-
-
-def read_for_reconciliation(rows: core.RemoteRows) -> core.RemoteRead:
-    """Every contact's opt-outs and categories as Salesforce holds them, through a Bulk API
-    2.0 query, one result page at a time (integrations/reconcile.py compares them)."""
-    category_fields = _active_category_fields()
-    version_field = str(settings.SALESFORCE_VERSION_FIELD or "")
-    fields = ["Id", *SALESFORCE_FIELDS.values(), *category_fields.values()]
-    if version_field:
-        fields.append(version_field)
-    started = timezone.now()
-    read = 0
-    with SalesforceClient() as client:
-        for page in client.bulk_query("Contact", fields):
-            for record in csv.DictReader(io.StringIO(page)):
-                version = record.get(version_field) if version_field else None
-                rows.add(
-                    record["Id"],
-                    opted_out=[c for c, name in SALESFORCE_FIELDS.items() if _true(record[name])],
-                    categories=[k for k, name in category_fields.items() if _true(record[name])],
-                    version=int(float(version)) if version else None,
-                )
-                read += 1
-            rows.flush()
-    return core.RemoteRead(started, f"Bulk API 2.0 query: {read:,} contacts")
-
-
-def _true(value: str) -> bool:
-    return value.strip().lower() == "true"
-
-
-# --- inbound ---------------------------------------------------------------------------------
-
-
-def _remote_state(
-    record: dict[str, Any], category_fields: dict[str, str]
-) -> tuple[dict[str, bool], set[str]]:
-    opted_out = {c: bool(record.get(SALESFORCE_FIELDS[c])) for c in Channel.values}
-    categories = {key for key, field_name in category_fields.items() if record.get(field_name)}
-    return opted_out, categories
-
-
-def _newer_consented_reenrolment(contact: Contact, channel: str, remote_stamp: datetime) -> bool:
-    """A local re-enrolment, with consent, made after Salesforce's change and not yet sent."""
-    sync = ContactSync.objects.filter(contact=contact, target=TARGET).first()
-    synced_version = sync.synced_version if sync else 0
-    return AuditEntry.objects.filter(
-        contact=contact,
-        action=AuditAction.RE_ENROLMENT,
-        channels__contains=[channel],
-        consent__isnull=False,
-        contact_version__gt=synced_version,
-        created_at__gt=remote_stamp,
-    ).exists()
-
-
-def apply_inbound(
-    record: dict[str, Any], category_fields: dict[str, str], own_user_id: str = ""
-) -> str:
-    """Apply one Salesforce contact's values; returns what was done (for the log)."""
-    if own_user_id and record.get("LastModifiedById") == own_user_id:
-        # Our own write read back: possibly an older version than ours now, which the
-        # pending push will correct. Applying it would undo a newer local change.
-        return "own write"
-    contact = Contact.objects.filter(salesforce_id=record["Id"]).first()
-    if contact is None:
-        return "unknown contact"
-    remote_out, remote_categories = _remote_state(record, category_fields)
-    local = current_state(contact)
-    local_active = {k for k in local.categories if k in category_fields}
-    if dict(local.opted_out) == remote_out and local_active == remote_categories:
-        return "same"  # includes our own writes read back: nothing echoes
-
-    stamp: datetime = record["SystemModstamp"]
-    opt_out: dict[str, bool] = {}
-    for channel in Channel.values:
-        remote_opted_out = remote_out[channel] and not local.opted_out[channel]
-        if remote_opted_out and not _newer_consented_reenrolment(contact, channel, stamp):
-            opt_out[channel] = True
-        # Salesforce clearing an opt-out is not consent: the opted-out value stays and is
-        # pushed back below.
-    sync = ContactSync.objects.filter(contact=contact, target=TARGET).first()
-    local_pending = sync is not None and sync.synced_version < contact.version
-    email_out = opt_out.get(Channel.EMAIL, local.opted_out[Channel.EMAIL])
-    categories: set[str] | None = None
-    if not email_out and not local_pending and local_active != remote_categories:
-        # Retired categories are not in Salesforce's picture: keep them as they are.
-        categories = remote_categories | (local.categories - set(category_fields))
-
-    applied = "kept local values"
-    if opt_out or categories is not None:
-        new_out = {**local.opted_out, **opt_out}
-        new_categories = (
-            set()
-            if email_out
-            else (categories if categories is not None else set(local.categories))
-        )
-        matches_remote = new_out == remote_out and (
-            {k for k in new_categories if k in category_fields} == remote_categories
-        )
-        who = record.get("LastModifiedById", "an unknown user")
-        try:
-            apply_change(
-                contact=contact,
-                actor=None,
-                source=Source.SALESFORCE,
-                note=f"Changed in Salesforce by user {who} at {stamp.isoformat()}.",
-                opt_out=opt_out or None,
-                categories=categories,
-                already_in=[TARGET] if matches_remote else [],
-            )
-            applied = "applied"
-        except ChangeRefused as refused:
-            logger.info("Inbound change for %s not applied: %s", contact.salesforce_id, refused)
-            applied = "refused"
-        contact.refresh_from_db()
-        if matches_remote:
-            return applied
-    # Salesforce disagrees with what we keep: send our values back (no new change).
-    ContactSync.objects.filter(contact=contact, target=TARGET).update(
-        status=SyncStatus.PENDING, next_attempt_at=None
-    )
-    if not ContactSync.objects.filter(contact=contact, target=TARGET).exists():
-        ContactSync.objects.create(contact=contact, target=TARGET, synced_version=contact.version)
-    core.request_pushes([TARGET])
-    return applied + ", pushed back"
-
-
-def pull_from_salesforce() -> int:
-    """Read contacts changed in Salesforce since the watermark; returns how many were read."""
-    now = timezone.now()
-    watermark, _ = SyncWatermark.objects.get_or_create(
-        name=WATERMARK, defaults={"value": now - timedelta(days=1)}
-    )
-    # Salesforce stamps a transaction when it starts, so a write can commit with an earlier
-    # stamp than one already read: stop a little in the past and read again from there.
-    until = now - timedelta(seconds=settings.SYNC_PULL_LAG_SECONDS)
-    category_fields = _active_category_fields()
-    fields = [*SALESFORCE_FIELDS.values(), *category_fields.values()]
-    seen = 0
-    latest = watermark.value
-    with SalesforceClient() as client:
-        for record in client.changed_contacts(watermark.value, until, fields):
-            apply_inbound(record, category_fields, client.user_id)
-            latest = max(latest, record["SystemModstamp"])
-            seen += 1
-    SyncWatermark.objects.filter(pk=watermark.pk).update(value=max(latest, until))
-    return seen
-
-
 def _record_refusal(row: ContactSync, token: Any, error: str, now: datetime) -> None:
     core.record_permanent(
         row, token, error, now, system=SALESFORCE_ACTOR, refused="Salesforce refused the update"
@@ -420,7 +370,8 @@ core.register(
         enabled_setting="SALESFORCE_ENABLED",
         push=push_batch,
         batch_size=MAX_RECORDS,
-        reconcile=read_for_reconciliation,
+        reconcile=inbound.read_for_reconciliation,
+        active_only=True,
         match_on="salesforce_id",
     )
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from integrations.salesforce import sync
+from integrations.salesforce import inbound, sync
 
 PULL_TASK = "integrations.salesforce.tasks.pull_from_salesforce"
 VERIFY_TASK = "integrations.salesforce.tasks.verify_uncertain"
@@ -16,7 +16,7 @@ VERIFY_TASK = "integrations.salesforce.tasks.verify_uncertain"
 def pull_from_salesforce() -> int:
     if not settings.SALESFORCE_ENABLED:
         return 0
-    return sync.pull_from_salesforce()
+    return inbound.pull_from_salesforce()
 
 
 @shared_task(name=VERIFY_TASK, ignore_result=True)

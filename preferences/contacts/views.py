@@ -96,13 +96,23 @@ def _render_contact(
     state = _state_of(contact)
     categories = list(EmailCategory.objects.all())
     names = {c.key: c.name for c in categories}
-    history = list(contact.audit_entries.select_related("consent")[:50])
+    # A merged-away contact's (or converted Lead's) history is this contact's too.
+    # (Their own "merged into another contact" entries would only repeat this one's.)
+    merged = [pk for pk in contact.history_ids() if pk != contact.pk]
+    history = list(
+        AuditEntry.objects.filter(
+            Q(contact=contact) | (Q(contact_id__in=merged) & ~Q(action=AuditAction.MERGED_AWAY))
+        )
+        .select_related("consent", "contact")
+        .order_by("-id")[:50]
+    )
     for entry in history:
         entry.change_lines = entry.describe_changes(names)  # type: ignore[attr-defined]
     if form is None:
         form = PreferencesForm(categories=categories, state=state, version=contact.version)
     context = {
         "contact": contact,
+        "survivor": contact.surviving_contact() if contact.merged_into_id else None,
         "banner": [p for p in contact.channel_preferences.all() if p.opted_out],
         "state": state,
         "form": form,

@@ -410,7 +410,7 @@ class SalesforceStore:
         with self.lock:
             key = normalize_id(contact_id)
             record = self.contacts.get(key) if key else None
-            if record is None or not record["IsDeleted"] or record.get("MasterRecordId"):
+            if not key or record is None or not record["IsDeleted"] or record.get("MasterRecordId"):
                 raise KeyError(contact_id)
             self.write("Contact", key, {"IsDeleted": False}, self.next_stamp(), ADMIN_USER_ID)
 

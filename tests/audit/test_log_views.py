@@ -172,6 +172,21 @@ def test_kind_resubscribe_covers_the_request_and_the_resubscribe(manager_client,
     assert _ids(manager_client, kind="resubscribe") == [done.pk, asked.pk]
 
 
+def test_kind_salesforce_record_covers_what_salesforce_did_to_its_records(manager_client, contact):
+    wanted = [
+        entry(action=action, contact=contact)
+        for action in (
+            AuditAction.STARTING_STATE,
+            AuditAction.DELETED,
+            AuditAction.RESTORED,
+            AuditAction.MERGED,
+            AuditAction.MERGED_AWAY,
+        )
+    ]
+    entry(action=AuditAction.ESCALATION, contact=contact)
+    assert _ids(manager_client, kind="salesforce_record") == [e.pk for e in reversed(wanted)]
+
+
 def test_search_in_notes(manager_client, contact, specialist):
     wanted = opt_out(contact, specialist, note="Replied to the Spring Appeal: remove me.")
     opt_out(contact, specialist, "phone", note="No calls please.")

@@ -120,6 +120,25 @@ def test_contacts_on_one_side_only_are_found(standin):
     assert contacts  # in step: none of them is listed
 
 
+def test_leads_are_compared_on_their_opt_outs_and_deleted_contacts_are_not_looked_for(standin):
+    in_step = standin.add_lead(LastName="Moreno", Company="Prospective")
+    opted_out_there = standin.add_lead(
+        LastName="Haddad", Company="Prospective", HasOptedOutOfEmail=True
+    )
+    for salesforce_id in (in_step, opted_out_there):
+        factories.make_contact(salesforce_id=salesforce_id, kind="lead", ascend_id="")
+    gone = factories.make_contact(inactive_since=timezone.now())  # deleted in Salesforce
+
+    (run,) = reconcile.run(["salesforce"])
+
+    assert not run.failed, run.detail
+    assert _open("salesforce") == {opted_out_there: "differs"}
+    found = Discrepancy.objects.get(key=opted_out_there)
+    assert found.details["remote"]["opted_out"] == ["email"]
+    assert found.details["remote"]["categories"] is None  # a Lead has none in Salesforce
+    assert gone.salesforce_id not in _open("salesforce")
+
+
 def test_a_change_on_its_way_to_salesforce_is_not_a_discrepancy(standin, specialist):
     contacts = factories.make_contacts_in_step(standin, 2)
     apply_change(  # pending: the push has not happened yet

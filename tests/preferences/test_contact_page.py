@@ -5,6 +5,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
+from integrations.salesforce.inbound import merge
 from preferences.services import apply_change, current_state, escalate
 from tests import factories
 
@@ -333,3 +334,76 @@ def test_the_system_team_sees_failures_and_retries_them(system_client, contact, 
     sync_row.refresh_from_db()
     assert sync_row.status == "pending"
     assert AuditEntry.objects.filter(action="sync_retry", contact=contact).count() == 1
+
+
+# --- records Salesforce deleted or merged (docs/design.md, "Contacts come from Salesforce") --
+
+
+def _merged(specialist):
+    survivor = factories.make_contact(first_name="Ada", last_name="Survivor")
+    loser = factories.make_contact(first_name="Ada", last_name="Duplicate")
+    apply_change(
+        contact=loser, actor=specialist, source="staff", note="No calls, please.",
+        opt_out={"phone": True},
+    )  # fmt: skip
+    merge(loser, survivor, {"LastModifiedById": "005000000000001AAA"})
+    survivor.refresh_from_db()
+    loser.refresh_from_db()
+    return survivor, loser
+
+
+def test_a_merged_contact_points_to_the_survivor_and_offers_no_form(specialist_client, specialist):
+    survivor, loser = _merged(specialist)
+
+    html = specialist_client.get(_url(loser, "contact")).content.decode()
+
+    assert 'aria-label="Merged in Salesforce"' in html
+    assert _url(survivor, "contact") in html
+    assert "Save change" not in html
+
+
+def test_the_survivors_history_includes_the_merged_contacts(specialist_client, specialist):
+    survivor, _ = _merged(specialist)
+
+    html = specialist_client.get(_url(survivor, "contact")).content.decode()
+
+    history = html[html.index('id="history"') :]
+    assert "No calls, please." in history
+    assert "merged into this contact" in history
+    assert 'data-action="merged"' in history
+    assert current_state(survivor).opted_out["phone"] is True
+
+
+def test_a_stale_form_for_a_merged_contact_is_refused_and_changes_nothing(
+    specialist_client, specialist
+):
+    survivor, loser = _merged(specialist)
+    entries = AuditEntry.objects.count()
+
+    response = specialist_client.post(_url(loser), _form(loser, opt_out_email="on"))
+
+    assert response.status_code == 422
+    assert "merged into" in response.content.decode()
+    assert AuditEntry.objects.count() == entries
+    assert current_state(survivor).opted_out["email"] is False
+
+
+def test_a_deleted_contact_says_so_and_can_still_be_changed(specialist_client, contact):
+    contact.inactive_since = timezone.now()
+    contact.save()
+
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+
+    assert 'aria-label="Deleted in Salesforce"' in html
+    assert "Save change" in html
+
+
+def test_the_page_says_when_the_identity_was_last_read_from_salesforce(specialist_client, contact):
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    assert "not read from Salesforce yet" in html
+
+    contact.identity_read_at = timezone.now()
+    contact.save()
+    html = specialist_client.get(_url(contact, "contact")).content.decode()
+    read = timezone.localtime(contact.identity_read_at)
+    assert f"as Salesforce had them on {read:%-d %b %Y}" in html

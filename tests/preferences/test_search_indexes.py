@@ -37,7 +37,7 @@ def _plan(query: str) -> str:
         ("name", "contact_name_trgm"),
         ("salesforce_id", "preferences_contact_salesforce_id"),
         ("phone", "contact_phone_digits"),
-        ("ascend_id", "preferences_contact_ascend_id"),
+        ("ascend_id", "unique_ascend_id"),
     ],
 )
 def test_search_uses_an_index(ada, kind, index):

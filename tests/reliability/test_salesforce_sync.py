@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from audit.models import AuditAction, AuditEntry
-from integrations.salesforce import sync
+from integrations.salesforce import inbound, sync
 from preferences.models import Contact, ContactSync, SyncStatus
 from preferences.services import apply_change, current_state
 from standins.salesforce import API_USER_ID, INTEGRATION_USER_ID
@@ -535,7 +535,7 @@ def test_the_apps_own_stale_write_read_back_does_not_undo_a_newer_consented_reen
     pushing.join(timeout=15)
     assert _remote(standin, contact)["LastModifiedById"] == API_USER_ID
 
-    sync.pull_from_salesforce()  # before the re-enrolment is pushed
+    inbound.pull_from_salesforce()  # before the re-enrolment is pushed
 
     assert current_state(contact).opted_out["email"] is False
     assert not AuditEntry.objects.filter(contact=contact, source="salesforce").exists()

@@ -221,7 +221,7 @@ class Seeder:
             self.subscriptions.append((pk, self.category_ids[key], created))
         if version:
             for target in ("salesforce", "ascend"):
-                self.syncs.append((pk, target, version, "synced", "", 0, moment, moment))
+                self.syncs.append((pk, target, version, version, "synced", "", 0, moment, moment))
         country = rng.choice(COUNTRIES)
         row = (
             pk,
@@ -340,7 +340,7 @@ class Command(BaseCommand):
                 _copy(
                     cursor,
                     "preferences_contactsync",
-                    "contact_id, target, synced_version, status, last_error, attempts, updated_at, synced_at",
+                    "contact_id, target, synced_version, notes_version, status, last_error, attempts, updated_at, synced_at",
                     seeder.syncs,
                 )
             done += size

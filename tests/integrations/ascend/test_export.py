@@ -137,6 +137,18 @@ def test_category_and_bounce_changes_give_no_rows(contact, specialist, dirs):
     assert row_keys(rows) == [(both.id, "HasOptedOutOfEmail"), (both.id, "DoNotCall")]
 
 
+def test_a_contact_without_an_ascend_id_is_not_in_the_file(contact, specialist, dirs):
+    # A Lead has none: Ascend does not know the person (docs/design.md, "Contacts come from
+    # Salesforce").
+    lead = factories.make_contact(kind="lead", ascend_id="")
+    opt(lead, specialist, email=True)
+    known = opt(contact, specialist, phone=True)
+
+    run = ascend.export()
+
+    assert row_keys(read(delivered_file(dirs, run))) == [(known.id, "DoNotCall")]
+
+
 def test_the_file_is_utf8_csv_with_crlf_lines_and_a_header(contact, specialist, dirs):
     opt(contact, specialist, email=True)
 

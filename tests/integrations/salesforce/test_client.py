@@ -7,10 +7,14 @@ sync tasks get from a real org that behaves the same way.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -146,6 +150,103 @@ def test_jwt_bearer_sign_in_with_the_private_key(settings, rsa_key, tmp_path, as
             contact = client.get_contact(contact_id, ["LastName"])
 
     assert contact["LastName"] == "Garcia"
+
+
+def test_jwt_aud_names_the_login_host_not_the_my_domain_the_token_comes_from(settings, rsa_key):
+    # "OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration": aud is
+    # https://login.salesforce.com, https://test.salesforce.com or a community URL; the
+    # stand-in, like Salesforce, refuses its own My Domain URL there.
+    with running_standin(jwt_public_key=_public_pem(rsa_key)) as server:
+        settings.SALESFORCE_LOGIN_URL = server.url
+        settings.SALESFORCE_AUTH = "jwt"
+        settings.SALESFORCE_CLIENT_ID = server.client_id
+        settings.SALESFORCE_USERNAME = "sync@university.edu"
+        settings.SALESFORCE_PRIVATE_KEY = _pem(rsa_key)
+        settings.SALESFORCE_CA_BUNDLE = server.ca_path
+        with SalesforceClient() as client:
+            client.connect()  # the default audience
+
+        forget_sessions()
+        settings.SALESFORCE_JWT_AUDIENCE = server.url  # the org's My Domain
+        with SalesforceClient() as client, pytest.raises(PermanentError) as refused:
+            client.connect()
+
+    assert refused.value.code == "invalid_grant"
+
+
+@pytest.mark.parametrize(
+    ("login_url", "audience"),
+    [
+        ("https://example.my.salesforce.com", "https://login.salesforce.com"),
+        ("https://example--uat.sandbox.my.salesforce.com", "https://test.salesforce.com"),
+    ],
+)
+def test_the_default_jwt_audience_follows_the_kind_of_org(settings, login_url, audience):
+    settings.SALESFORCE_LOGIN_URL = login_url
+    settings.SALESFORCE_AUTH = "jwt"
+    settings.SALESFORCE_CLIENT_ID = "id"
+    settings.SALESFORCE_USERNAME = "sync@university.edu"
+    settings.SALESFORCE_PRIVATE_KEY = "key.pem"
+
+    assert SalesforceSettings.from_django().audience() == audience
+
+
+def test_a_my_domain_jwt_audience_is_refused_at_once(settings):
+    settings.SALESFORCE_LOGIN_URL = "https://example.my.salesforce.com"
+    settings.SALESFORCE_AUTH = "jwt"
+    settings.SALESFORCE_CLIENT_ID = "id"
+    settings.SALESFORCE_USERNAME = "sync@university.edu"
+    settings.SALESFORCE_PRIVATE_KEY = "key.pem"
+    settings.SALESFORCE_JWT_AUDIENCE = "https://example.my.salesforce.com"
+
+    with pytest.raises(ImproperlyConfigured, match="My Domain URL"):
+        SalesforceSettings.from_django()
+
+
+@pytest.mark.parametrize("host", ["login.salesforce.com", "test.salesforce.com"])
+def test_client_credentials_at_a_generic_login_host_are_refused(settings, host):
+    # "OAuth 2.0 Client Credentials Flow for Server-to-Server Integration": the token
+    # request goes to the org's My Domain; the shared hosts answer invalid_grant.
+    settings.SALESFORCE_LOGIN_URL = f"https://{host}"
+    settings.SALESFORCE_CLIENT_ID = "id"
+    settings.SALESFORCE_CLIENT_SECRET = "secret"
+
+    with pytest.raises(ImproperlyConfigured, match="My Domain URL"):
+        SalesforceSettings.from_django()
+
+
+def test_client_credentials_at_the_login_host_are_what_salesforce_refuses(standin, sf_settings):
+    # Why the app refuses that set-up: the stand-in's login host answers as Salesforce does.
+    sf_settings.SALESFORCE_LOGIN_URL = standin.login_url
+
+    with SalesforceClient() as client, pytest.raises(PermanentError) as failure:
+        client.connect()
+
+    assert failure.value.code == "invalid_grant"
+
+
+def test_a_process_will_not_start_with_client_credentials_at_the_login_host():
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SECRET_KEY": "x",
+        "SALESFORCE_ENABLED": "true",
+        "SALESFORCE_LOGIN_URL": "https://login.salesforce.com",
+        "SALESFORCE_CLIENT_ID": "id",
+        "SALESFORCE_CLIENT_SECRET": "secret",
+    }
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode != 0
+    assert "My Domain URL" in done.stderr
 
 
 def test_jwt_signed_with_another_key_is_a_permanent_error(settings, rsa_key):
@@ -329,7 +430,7 @@ def test_permanent_record_errors_fail_those_contacts_while_the_rest_of_the_batch
     assert standin.api_calls == 1
 
 
-def test_a_note_that_fails_fails_its_contact(standin, client):
+def test_a_note_that_fails_is_reported_apart_from_its_contacts_update(standin, client):
     contact_id = standin.add_contact()
     push = ContactPush(
         contact_id,
@@ -339,10 +440,14 @@ def test_a_note_that_fails_fails_its_contact(standin, client):
 
     [result] = client.push([push])
 
-    assert result.status == "permanent"
-    assert result.code == "INVALID_FIELD_FOR_INSERT_UPDATE"
-    assert result.message.startswith("Task change-1: ")
+    # allOrNone false: the refused Task does not undo the update, nor is it reported as one.
+    assert (result.status, result.code, result.held) == ("ok", "", True)
+    assert result.notes_status == "permanent"
+    assert result.notes_code == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    assert result.notes_message.startswith("Task change-1: ")
+    assert not result.ok
     assert standin.contact(contact_id)["DoNotCall"] is True  # the update itself landed
+    assert standin.tasks() == []
 
 
 def test_push_refuses_more_than_200_contacts_or_the_same_contact_twice(client):
@@ -480,7 +585,13 @@ def test_changed_contacts_pages_through_every_change_in_stamp_order(sf_settings)
         sf_settings.SALESFORCE_CA_BUNDLE = server.ca_path
         old = server.add_contact(LastName="Old")
         since = server.contact(old)["SystemModstamp"]
+        # Stamps are whole seconds, as a real org's: each step waits for the next second, so
+        # the ten contacts are stamped after `since` and the update after them.
+        while datetime.now(UTC) < since + timedelta(seconds=1):
+            time.sleep(0.01)
         ids = [server.add_contact(LastName=f"C{n}") for n in range(10)]
+        while datetime.now(UTC) < server.contact(ids[-1])["SystemModstamp"] + timedelta(seconds=1):
+            time.sleep(0.01)
         server.external_update(ids[0], HasOptedOutOfEmail=True)  # now the newest change
         server.fail("expire_sessions", times=1, path_contains="/query/01g")  # between pages
 
@@ -502,7 +613,9 @@ def test_changed_contacts_stops_at_until(standin, client):
     start = datetime.now(UTC) - timedelta(seconds=1)
     first = standin.add_contact()
     until = standin.contact(first)["SystemModstamp"]
-    standin.add_contact()
+    while datetime.now(UTC) < until + timedelta(seconds=1):  # stamps are whole seconds
+        time.sleep(0.01)
+    standin.add_contact()  # stamped in a later second: after `until`
 
     changes = list(client.changed_contacts(start, until))
 
@@ -555,15 +668,25 @@ def test_misconfiguration_is_refused_at_once(sf_settings, name, value):
 
 
 def test_settings_have_working_defaults_and_hide_secrets(settings):
-    for name in ("SALESFORCE_LOGIN_URL", "SALESFORCE_API_VERSION", "SALESFORCE_TIMEOUT"):
+    for name in ("SALESFORCE_API_VERSION", "SALESFORCE_TIMEOUT"):
         if hasattr(settings, name):
             delattr(settings, name)
+    settings.SALESFORCE_LOGIN_URL = "https://example.my.salesforce.com/"
     settings.SALESFORCE_CLIENT_ID = "id"
     settings.SALESFORCE_CLIENT_SECRET = "very-secret"
 
     config = SalesforceSettings.from_django()
 
-    assert config.login_url == "https://login.salesforce.com"
+    assert config.login_url == "https://example.my.salesforce.com"
     assert config.api_version == "60.0"
     assert config.task_external_id == "Preference_Change_Id__c"
     assert "very-secret" not in repr(config)
+
+
+def test_there_is_no_default_login_url_since_salesforce_needs_the_orgs_own(settings):
+    settings.SALESFORCE_LOGIN_URL = ""
+    settings.SALESFORCE_CLIENT_ID = "id"
+    settings.SALESFORCE_CLIENT_SECRET = "secret"
+
+    with pytest.raises(ImproperlyConfigured, match="My Domain URL"):
+        SalesforceSettings.from_django()

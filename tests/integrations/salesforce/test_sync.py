@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry
 from integrations import core
-from integrations.salesforce import sync
+from integrations.salesforce import inbound, sync
 from preferences.models import ContactSync, SyncStatus, SyncWatermark
 from preferences.services import apply_change, current_state
 from tests import factories
@@ -59,7 +59,10 @@ def test_a_repeated_push_creates_no_duplicate_task(standin, synced_contact, spec
         opt_out={"phone": True},
     )
     sync.push_batch()
-    ContactSync.objects.filter(contact=synced_contact).update(status="pending", synced_version=0)
+    # As if the answer had been lost: the values and the note go again.
+    ContactSync.objects.filter(contact=synced_contact).update(
+        status="pending", synced_version=0, notes_version=0
+    )
     sync.push_batch()
     assert len(standin.tasks()) == 1
 
@@ -138,11 +141,13 @@ def test_a_row_not_yet_due_is_not_claimed(standin, synced_contact, specialist):
 def test_an_inbound_unsubscribe_is_applied_with_source_salesforce_and_not_pushed_back(
     standin, synced_contact
 ):
-    SyncWatermark.objects.create(name=sync.WATERMARK, value=timezone.now() - timedelta(minutes=1))
+    SyncWatermark.objects.create(
+        name=inbound.WATERMARK, value=timezone.now() - timedelta(minutes=1)
+    )
     standin.external_update(synced_contact.salesforce_id, HasOptedOutOfEmail=True)
     calls_before = standin.api_calls
 
-    sync.pull_from_salesforce()
+    inbound.pull_from_salesforce()
 
     assert current_state(synced_contact).opted_out["email"] is True
     entry = AuditEntry.objects.get(contact=synced_contact)
@@ -153,9 +158,9 @@ def test_an_inbound_unsubscribe_is_applied_with_source_salesforce_and_not_pushed
     )
     assert _sync(synced_contact).status == SyncStatus.SYNCED
     assert sync.push_batch().claimed == 0
-    assert standin.api_calls == calls_before + 1  # the query only
+    assert standin.api_calls == calls_before + 2  # the queries only: Contact, Lead
     # Reading again sees our own state: nothing new.
-    sync.pull_from_salesforce()
+    inbound.pull_from_salesforce()
     assert AuditEntry.objects.filter(contact=synced_contact).count() == 1
 
 
@@ -170,10 +175,12 @@ def test_an_opt_in_made_in_salesforce_is_not_applied_and_is_pushed_back(
         opt_out={"email": True},
     )
     sync.push_batch()
-    SyncWatermark.objects.create(name=sync.WATERMARK, value=timezone.now() - timedelta(minutes=1))
+    SyncWatermark.objects.create(
+        name=inbound.WATERMARK, value=timezone.now() - timedelta(minutes=1)
+    )
     standin.external_update(synced_contact.salesforce_id, HasOptedOutOfEmail=False)
 
-    sync.pull_from_salesforce()
+    inbound.pull_from_salesforce()
     assert current_state(synced_contact).opted_out["email"] is True
     sync.push_batch()
     assert standin.contact(synced_contact.salesforce_id)["HasOptedOutOfEmail"] is True
@@ -190,7 +197,9 @@ def test_a_newer_consented_reenrolment_wins_over_an_older_opt_out_in_salesforce(
         opt_out={"email": True},
     )
     sync.push_batch()
-    SyncWatermark.objects.create(name=sync.WATERMARK, value=timezone.now() - timedelta(minutes=1))
+    SyncWatermark.objects.create(
+        name=inbound.WATERMARK, value=timezone.now() - timedelta(minutes=1)
+    )
     # Salesforce still says opted out (an older write); locally the contact re-enrolled since.
     standin.external_update(synced_contact.salesforce_id, HasOptedOutOfEmail=True, DoNotCall=False)
     apply_change(
@@ -202,7 +211,7 @@ def test_a_newer_consented_reenrolment_wins_over_an_older_opt_out_in_salesforce(
         consent=factories.consent(),
     )
 
-    sync.pull_from_salesforce()
+    inbound.pull_from_salesforce()
 
     assert current_state(synced_contact).opted_out["email"] is False
     sync.push_batch()
