@@ -51,15 +51,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import gc
-import json
 import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -71,6 +68,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from standin_process import StandInInfo, salesforce_standin
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/preference_desk_reconcilebench"
@@ -197,79 +196,6 @@ def mark_seeded(db: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 # ---- the stand-in -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StandInInfo:
-    url: str
-    ca_path: str
-    client_id: str
-    secret: str
-    pid: int
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG (1): the kernel sends the stand-in SIGTERM when this process dies,
-    # even by SIGKILL, when no finally block can run.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-
-
-@contextmanager
-def salesforce_standin(directory: Path) -> Iterator[StandInInfo]:
-    """``python -m standins.salesforce`` on a free port, as standins/tls.py's
-    run_standin_process starts it (secret in the environment, the JSON line on stdout)."""
-    import secrets
-
-    secret = secrets.token_urlsafe(24)
-    env = {**os.environ, "SALESFORCE_CLIENT_SECRET": secret}
-    env.pop("SALESFORCE_CLIENT_ID", None)
-    log_path = directory / "salesforce-standin.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "standins.salesforce",
-                "--port",
-                "0",
-                "--cert-dir",
-                str(directory / "salesforce-certs"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            # Safe in a preexec_fn: this process has started no thread yet.
-            preexec_fn=_die_with_parent,
-        )
-    try:
-        stdout = process.stdout
-        assert stdout is not None
-        lines: list[str] = []
-        # readline() would block forever on a child that hangs before printing.
-        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(30)
-        if not lines or not lines[0].strip():
-            raise SystemExit(
-                f"the Salesforce stand-in did not start (exit {process.poll()}); "
-                f"{log_path.read_text(errors='replace')[-2000:]}"
-            )
-        info = json.loads(lines[0])
-        print(f"Salesforce stand-in: pid {process.pid}, {info['url']}", flush=True)
-        yield StandInInfo(info["url"], info["ca_path"], info["client_id"], secret, process.pid)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        print(f"Salesforce stand-in: stopped (exit {process.returncode})", flush=True)
 
 
 def point_settings_at(standin: StandInInfo, dropbox: Path, staging: Path) -> None:
@@ -524,7 +450,7 @@ def _seed_chunk(chunk: list[Person], category_ids: dict[str, int]) -> None:
         if p.sync is not None:
             version, status, synced_at, updated_at = p.sync
             for target in ("salesforce", "ascend"):
-                syncs.append((p.pk, target, version, status, "", 0, updated_at, synced_at))
+                syncs.append((p.pk, target, version, version, status, "", 0, updated_at, synced_at))
     with transaction.atomic(), connection.cursor() as cursor:
         _copy(
             cursor,
@@ -548,8 +474,8 @@ def _seed_chunk(chunk: list[Person], category_ids: dict[str, int]) -> None:
         _copy(
             cursor,
             "preferences_contactsync",
-            "contact_id, target, synced_version, status, last_error, attempts, updated_at, "
-            "synced_at",
+            "contact_id, target, synced_version, notes_version, status, last_error, attempts, "
+            "updated_at, synced_at",
             syncs,
         )
 

@@ -119,3 +119,44 @@ class Discrepancy(models.Model):
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+
+class ContactLoad(models.Model):
+    """One run of the initial load from Salesforce (manage.py load_contacts; docs/design.md,
+    "Initial load").
+
+    ``progress`` holds, per Salesforce object in load order, where its Bulk API 2.0 query
+    job stands: {"job_id", "locator" (the next page's; empty for the first), "pages",
+    "rows", "total" (records the job found), "finished"}. Each page's contacts and the
+    progress past it are committed together, so a run killed at any instant carries on from
+    the page it was reading, and never reads a committed page again.
+    """
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Left unfinished for a fresh run (--restart): never resumed.
+    abandoned_at = models.DateTimeField(null=True, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    created = models.PositiveIntegerField(default=0)  # contacts the app did not have
+    updated = models.PositiveIntegerField(default=0)  # known contacts whose identity changed
+    unchanged = models.PositiveIntegerField(default=0)  # known contacts read as they were
+    with_opt_outs = models.PositiveIntegerField(default=0)  # created opted out of a channel
+    # Created without their Ascend ID (or kept their old one): another contact has it.
+    ascend_collisions = models.PositiveIntegerField(default=0)
+    api_calls = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(default=0.0)  # working time, over every process that ran it
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        state = "finished" if self.finished_at else "abandoned" if self.abandoned_at else "open"
+        return f"Contact load of {self.started_at:%Y-%m-%d %H:%M} ({state})"
+
+    @property
+    def pages(self) -> int:
+        return sum(int(entry.get("pages", 0)) for entry in self.progress.values())
+
+    @property
+    def rows(self) -> int:
+        return sum(int(entry.get("rows", 0)) for entry in self.progress.values())
