@@ -508,5 +508,6 @@ def read_for_reconciliation(rows: core.RemoteRows) -> core.RemoteRead:
                     )
                     read += 1
                 rows.flush()
-            counts.append(f"{read:,} {found.name}")
+            label = str(ContactKind(found.kind).label).lower()
+            counts.append(f"{read:,} {label}{'' if read == 1 else 's'}")
     return core.RemoteRead(started, "Bulk API 2.0 query: " + ", ".join(counts))

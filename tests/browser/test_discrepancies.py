@@ -244,7 +244,15 @@ def test_the_system_team_resolves_one_discrepancy_of_each_kind(
     expect(last_runs).to_have_count(3)
     salesforce_run = last_runs.and_(page.locator("[data-system=salesforce]"))
     expect(salesforce_run.locator("td")).to_have_text(
-        ["Salesforce", re.compile(r"\d"), "8", "4", "4", "0", "Bulk API 2.0 query: 9 contacts"]
+        [
+            "Salesforce",
+            re.compile(r"\d"),
+            "8",
+            "4",
+            "4",
+            "0",
+            "Bulk API 2.0 query: 9 contacts, 0 leads",
+        ]
     )
     expect(last_runs.and_(page.locator("[data-system=ascend]"))).to_contain_text("ascend-optouts-")
     expect(last_runs.and_(page.locator("[data-system=app]"))).to_contain_text("The app's own data")
