@@ -336,9 +336,9 @@ def record_starting_states(
 
     Only for new contacts (version 0, no preferences): this is their starting point, not a
     change, so the rules about changes (consent to re-enrol, a note per change) have nothing
-    to check, and a contact opted out of email keeps no category (rule 3). One entry per
-    contact with anything to record; contacts with nothing stay at version 0. Returns how
-    many were recorded.
+    to check, and a contact opted out of email keeps no category (docs/design.md, rule 3).
+    One entry per contact with anything to record; contacts with nothing stay at version 0.
+    Returns how many were recorded.
     """
     wanted = [state for state in states if state.opted_out or state.categories]
     if not wanted:

@@ -59,8 +59,8 @@ def contact(salesforce_id: str) -> Contact:
 
 @pytest.fixture
 def three(standin: SalesforceStandIn, categories: Any) -> list[str]:
-    """Ada opted out of email (her newsletter tick cannot stand: rule 3), Bo of phone with
-    two categories, Cy with nothing to record."""
+    """Ada opted out of email (her newsletter tick cannot stand: docs/design.md, rule 3), Bo
+    of phone with two categories, Cy with nothing to record."""
     return standin.add_contacts(
         [
             {
@@ -108,7 +108,8 @@ def test_load_creates_every_contact_with_its_identity_and_starting_state(
     assert set(prefs) == {(ada.pk, Channel.EMAIL), (bo.pk, Channel.PHONE)}
     assert all(p.opted_out and p.source == "salesforce" and p.note == NOTE for p in prefs.values())
     subscribed = set(Subscription.objects.values_list("contact_id", "category__key"))
-    assert subscribed == {(bo.pk, "events"), (bo.pk, "giving")}  # Ada's tick: rule 3
+    # Ada's tick cannot stand (docs/design.md, rule 3).
+    assert subscribed == {(bo.pk, "events"), (bo.pk, "giving")}
 
     entries = {
         e.contact_id: e for e in AuditEntry.objects.filter(action=AuditAction.STARTING_STATE)
