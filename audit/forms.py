@@ -42,7 +42,13 @@ KINDS: dict[str, tuple[str, list[Q]]] = {
         [Q(action=AuditAction.RESUBSCRIBE_REQUEST), Q(action=AuditAction.RESUBSCRIBE)],
     ),
     "review": ("Review", [Q(action=AuditAction.REVIEW)]),
-    "bounce": ("Bounce", [Q(action=AuditAction.BOUNCE)]),
+    "bounce": (
+        "Bounce",
+        [Q(action=AuditAction.BOUNCE), Q(action=AuditAction.SOFT_BOUNCE)],
+    ),
+    # A spam complaint is flagged on its own: the worst thing a recipient can tell us.
+    "spam_report": ("Spam report", [Q(action=AuditAction.SPAM_REPORT)]),
+    "sender_opt_out": ("Opted out of one sender", [Q(action=AuditAction.SENDER_OPT_OUT)]),
     "ascend_file": ("Ascend change file", [Q(action=AuditAction.ASCEND_FILE)]),
     "discrepancy": ("Discrepancy resolved", [Q(action=AuditAction.DISCREPANCY_RESOLVED)]),
     # What Salesforce did to its records: a new one's starting state, deletes, merges.

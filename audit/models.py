@@ -56,6 +56,10 @@ class AuditAction(models.TextChoices):
     RESTORED = "restored", "Restored in Salesforce"
     MERGED = "merged", "Merged in Salesforce"
     MERGED_AWAY = "merged_away", "Merged into another contact"
+    # From email platforms (docs/design.md, "Events from email platforms").
+    SPAM_REPORT = "spam_report", "Spam report"
+    SENDER_OPT_OUT = "sender_opt_out", "Opted out of one sender"
+    SOFT_BOUNCE = "soft_bounce", "Soft bounce"
 
 
 # Actions a manager must look at again (issue: risky actions to review): re-enrolments,
@@ -241,6 +245,14 @@ class AuditEntry(models.Model):
             lines.append("Unsubscribed: " + ", ".join(names.get(k, k) for k in removed))
         if before.get("bounced") != after.get("bounced"):
             lines.append("Email bounced" if after.get("bounced") else "Bounce cleared")
+        if after.get("spam_reported") and not before.get("spam_reported"):
+            lines.append("Reported our mail as spam")
+        was_for = set(before.get("suppressed_for", []))
+        now_for = set(after.get("suppressed_for", []))
+        for scope in sorted(now_for - was_for):
+            lines.append(f"Opted out of one sender: {scope}")
+        for scope in sorted(was_for - now_for):
+            lines.append(f"Opted back in to one sender: {scope}")
         return lines
 
 

@@ -4,6 +4,7 @@ The defaults are safe for development; production sets SECRET_KEY, DEBUG=false,
 ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL.
 """
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -232,12 +233,41 @@ MARKETING_CLOUD_CONNECT_TIMEOUT = envint("MARKETING_CLOUD_CONNECT_TIMEOUT", 10)
 MARKETING_CLOUD_ENABLED = envbool("MARKETING_CLOUD_ENABLED", bool(MARKETING_CLOUD_CLIENT_ID))
 # The contact page's Refresh reads while the specialist waits: a shorter read timeout there.
 MARKETING_CLOUD_REFRESH_TIMEOUT = envint("MARKETING_CLOUD_REFRESH_TIMEOUT", 5)
+# The pull of tracking events for commercial sends (UnsubEvent, BounceEvent; docs/design.md,
+# "Events from email platforms"): how often, and how far back the first pull reads.
+MARKETING_CLOUD_TRACKING_SECONDS = envint("MARKETING_CLOUD_TRACKING_SECONDS", 300)
+MARKETING_CLOUD_TRACKING_START_DAYS = envint("MARKETING_CLOUD_TRACKING_START_DAYS", 1)
 
 SYNC_PUSH_DELAY_SECONDS = envint("SYNC_PUSH_DELAY_SECONDS", 2)  # lets a burst share one call
 SYNC_CLAIM_LEASE_SECONDS = envint("SYNC_CLAIM_LEASE_SECONDS", 300)
 SYNC_RETRY_BASE_SECONDS = envint("SYNC_RETRY_BASE_SECONDS", 15)
 SYNC_RETRY_MAX_SECONDS = envint("SYNC_RETRY_MAX_SECONDS", 30 * 60)
 SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
+# Events from email platforms (docs/design.md, "Events from email platforms"): a soft
+# bounce is retried by the platform, so only SOFT_BOUNCE_LIMIT of them within
+# SOFT_BOUNCE_DAYS make an address Bounced.
+SOFT_BOUNCE_LIMIT = envint("SOFT_BOUNCE_LIMIT", 3)
+SOFT_BOUNCE_DAYS = envint("SOFT_BOUNCE_DAYS", 7)
+# The endpoints that receive them (preferences/events/views.py). Marketing Cloud's Event
+# Notification Service signs with the key it gave when the callback was created; empty turns
+# the callback off (404). ENS retries for days, so its events are refused only once older
+# than EVENT_MAX_AGE_SECONDS; a webhook's signed timestamp must be within EVENT_REPLAY_SECONDS.
+MARKETING_CLOUD_ENS_SIGNATURE_KEY = envstr("MARKETING_CLOUD_ENS_SIGNATURE_KEY", "")
+MARKETING_CLOUD_ENS_CALLBACK_ID = envstr("MARKETING_CLOUD_ENS_CALLBACK_ID", "")
+EVENT_MAX_AGE_SECONDS = envint("EVENT_MAX_AGE_SECONDS", 3 * 24 * 3600)
+EVENT_REPLAY_SECONDS = envint("EVENT_REPLAY_SECONDS", 300)
+EVENT_MAX_BODY_BYTES = envint("EVENT_MAX_BODY_BYTES", 1024 * 1024)
+# The signed webhook's senders, "name=secret,name2=secret2": /events/webhook/<name>/.
+EVENT_WEBHOOK_SECRETS: dict[str, str] = {}
+for _item in envlist("EVENT_WEBHOOK_SECRETS", []):
+    _name, _, _secret = _item.partition("=")
+    _name = _name.strip()
+    if not re.fullmatch(r"[a-z0-9_-]{1,40}", _name) or not _secret or _name == "marketing_cloud":
+        raise ImproperlyConfigured(
+            "EVENT_WEBHOOK_SECRETS is name=secret,... with names of a-z, 0-9, _ and - "
+            "(not marketing_cloud) and non-empty secrets"
+        )
+    EVENT_WEBHOOK_SECRETS[_name] = _secret.strip()
 SYNC_PULL_SECONDS = envint("SYNC_PULL_SECONDS", 120)
 SYNC_PULL_LAG_SECONDS = envint("SYNC_PULL_LAG_SECONDS", 5)  # writes commit after their stamp
 SYNC_VERIFY_SECONDS = envint("SYNC_VERIFY_SECONDS", 60)  # how often uncertain pushes are read back
@@ -276,6 +306,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(BULK_RESUME_SECONDS),
         # Ticks queued while no worker was up are stale: one is enough, not a backlog.
         "options": {"expires": float(BULK_RESUME_SECONDS)},
+    },
+    "pull-marketing-cloud-tracking": {
+        "task": "integrations.marketing_cloud.tasks.pull_tracking_events",
+        "schedule": float(MARKETING_CLOUD_TRACKING_SECONDS),
+        "options": {"expires": float(MARKETING_CLOUD_TRACKING_SECONDS)},
+    },
+    "apply-platform-events": {
+        "task": "preferences.events.tasks.apply_platform_events",
+        "schedule": float(SYNC_SWEEP_SECONDS),
+        "options": {"expires": float(SYNC_SWEEP_SECONDS)},
     },
     "reconcile-nightly": {
         "task": "integrations.tasks.reconcile_nightly",

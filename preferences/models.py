@@ -52,12 +52,14 @@ class ContactQuerySet(models.QuerySet["Contact"]):
         return self.filter(Exists(prefs))
 
     def suppressed(self) -> ContactQuerySet:
-        """On the global email suppression list: opted out of email, or bounced
-        (docs/design.md, rule 10)."""
+        """On the global email suppression list: opted out of email, bounced or reported
+        our mail as spam (docs/design.md, rule 10)."""
         opted_out = ChannelPreference.objects.filter(
             contact=OuterRef("pk"), channel=Channel.EMAIL, opted_out=True
         )
-        return self.filter(Q(Exists(opted_out)) | Q(email_bounced=True))
+        return self.filter(
+            Q(Exists(opted_out)) | Q(email_bounced=True) | Q(spam_reported_at__isnull=False)
+        )
 
 
 class ContactKind(models.TextChoices):
@@ -96,6 +98,9 @@ class Contact(models.Model):
     country = models.CharField(max_length=2, blank=True, help_text="ISO 3166 code")
     email_bounced = models.BooleanField(default=False)
     email_bounced_at = models.DateTimeField(null=True, blank=True)
+    # Reported our mail as spam (docs/design.md, "Events from email platforms"): kept for
+    # good, and one of the reasons a contact is on the global suppression list.
+    spam_reported_at = models.DateTimeField(null=True, blank=True)
     # Bumped by every preference change: stale forms are detected with it, and each sync
     # target records the version it has received.
     version = models.PositiveIntegerField(default=0)
@@ -120,6 +125,7 @@ class Contact(models.Model):
         permissions = [
             ("change_preferences", "Can change a contact's communication preferences"),
             ("resolve_escalation", "Can resolve escalated requests"),
+            ("view_suppression_list", "Can see and export the global suppression list"),
         ]
         indexes = [
             models.Index(
@@ -128,6 +134,12 @@ class Contact(models.Model):
             GinIndex(OpClass("search_name", name="gin_trgm_ops"), name="contact_name_trgm"),
             models.Index(fields=["phone_digits"], name="contact_phone_digits"),
             models.Index(fields=["country"], name="contact_country"),
+            # The suppression list filtered to one reason, page by page in id order: each
+            # reason is a small part of a million contacts (docs/design.md, rule 10).
+            models.Index(fields=["id"], condition=Q(email_bounced=True), name="contact_bounced"),
+            models.Index(
+                fields=["id"], condition=Q(spam_reported_at__isnull=False), name="contact_spam"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -611,3 +623,100 @@ class ResubscribeRequest(models.Model):
     @property
     def is_open(self) -> bool:
         return self.state in RESUBSCRIBE_OPEN_STATES
+
+
+class EventKind(models.TextChoices):
+    """What an email platform tells us about a person (docs/design.md, "Events from email
+    platforms")."""
+
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribed from all mail"
+    SPAM_REPORT = "spam_report", "Spam report"
+    GROUP_OPT_OUT = "group_opt_out", "Group opt-out"
+    CLIENT_OPT_OUT = "client_opt_out", "Client opt-out"
+    # From one sender only: a business unit, or a send account (a user-level opt-out).
+    SENDER_OPT_OUT = "sender_opt_out", "Opted out of one sender"
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    SOFT_BOUNCE = "soft_bounce", "Soft bounce"
+
+
+# The kinds that opt the person out of email everywhere.
+GLOBAL_OPT_OUT_KINDS = (
+    EventKind.UNSUBSCRIBE,
+    EventKind.SPAM_REPORT,
+    EventKind.GROUP_OPT_OUT,
+    EventKind.CLIENT_OPT_OUT,
+)
+
+
+class EventState(models.TextChoices):
+    RECEIVED = "received", "Received, not applied yet"
+    APPLIED = "applied", "Applied"
+    NO_CHANGE = "no_change", "Nothing to change"
+    RECORDED = "recorded", "Recorded (a soft bounce below the limit)"
+    UNMATCHED = "unmatched", "No contact matches"
+    REFUSED = "refused", "Refused"
+    FAILED = "failed", "Failed: an error in the app"
+
+
+class PlatformEvent(models.Model):
+    """One event from an email platform, stored as received before it is answered, then
+    applied once by a worker. (platform, event_id) is unique: a platform that delivers at
+    least once sends the same event again, and it is recognised."""
+
+    platform = models.CharField(max_length=40)  # "marketing_cloud" or a webhook's name
+    channel = models.CharField(max_length=16)  # how it came: "ens", "tracking", "webhook"
+    event_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20, choices=EventKind.choices)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    # Who it is about: a Salesforce ID (Marketing Cloud's subscriber key) or an email.
+    subscriber_key = models.CharField(max_length=254, blank=True)
+    email = models.CharField(max_length=254, blank=True)
+    # The sender a SENDER_OPT_OUT is from ("business_unit:510000002", "send_account:…").
+    scope = models.CharField(max_length=120, blank=True)
+    reason = models.TextField(blank=True)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=12, choices=EventState.choices, default=EventState.RECEIVED)
+    contact = models.ForeignKey(
+        Contact, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    applied_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["platform", "event_id"], name="one_event_per_id")
+        ]
+        indexes = [
+            models.Index(
+                fields=["received_at"],
+                condition=Q(state="received"),
+                name="platform_events_to_apply",
+            ),
+            models.Index(fields=["contact", "kind", "occurred_at"], name="contact_events"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} from {self.platform} ({self.event_id})"
+
+
+class SenderSuppression(models.Model):
+    """A person opted out of one sender only (a Marketing Cloud business unit, or a send
+    account): it stops that sender's mail, not the global opt-out (docs/design.md, rule 9).
+    Written only by apply_change."""
+
+    contact = models.ForeignKey(
+        Contact, on_delete=models.CASCADE, related_name="sender_suppressions"
+    )
+    scope = models.CharField(max_length=120)  # "business_unit:510000002", "send_account:…"
+    since = models.DateTimeField()
+    source = models.CharField(max_length=20)
+    note = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact", "scope"], name="one_suppression_per_sender")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact} suppressed for {self.scope}"

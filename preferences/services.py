@@ -10,6 +10,7 @@ after-change hook instead of being imported here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,9 +33,13 @@ from preferences.models import (
     Contact,
     EmailCategory,
     Escalation,
+    SenderSuppression,
     Subscription,
     SyncStatus,
 )
+
+# A sender's scope: "business_unit:<MID>" or "send_account:<the platform's account id>".
+_SCOPE = re.compile(r"(business_unit|send_account):[\w.@+-]{1,100}")
 
 # apply_change holds this advisory lock shared; the Ascend export takes it exclusively for
 # an instant to read the newest audit id, so every change up to that id has committed.
@@ -78,17 +83,26 @@ class PreferenceState:
     opted_out: Mapping[str, bool]
     categories: frozenset[str] = field(default_factory=frozenset)
     bounced: bool = False
+    spam_reported: bool = False
+    # The senders (business units, send accounts) the contact opted out of, one by one.
+    suppressed_for: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def any_opted_out(self) -> bool:
         return any(self.opted_out.values())
 
     def as_json(self) -> dict[str, object]:
-        return {
+        state: dict[str, object] = {
             "opted_out": {channel: self.opted_out[channel] for channel in Channel.values},
             "categories": sorted(self.categories),
             "bounced": self.bounced,
         }
+        # Written only when set, so the entries of contacts who have neither read as before.
+        if self.spam_reported:
+            state["spam_reported"] = True
+        if self.suppressed_for:
+            state["suppressed_for"] = sorted(self.suppressed_for)
+        return state
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,16 @@ def current_state(contact: Contact) -> PreferenceState:
     categories = frozenset(
         Subscription.objects.filter(contact=contact).values_list("category__key", flat=True)
     )
-    return PreferenceState(opted_out, categories, contact.email_bounced)
+    suppressed_for = frozenset(
+        SenderSuppression.objects.filter(contact=contact).values_list("scope", flat=True)
+    )
+    return PreferenceState(
+        opted_out,
+        categories,
+        contact.email_bounced,
+        contact.spam_reported_at is not None,
+        suppressed_for,
+    )
 
 
 def _channel_names(channels: Iterable[str]) -> str:
@@ -144,6 +167,30 @@ def _check_consent(
             )
 
 
+def _check_sender_consent(
+    contact: Contact, scopes: Iterable[str], consent: ConsentEvidence | None, now: datetime
+) -> None:
+    """Lifting a sender opt-out is a re-enrolment: the same evidence as a channel's."""
+    if consent is None or not consent.attested or not consent.method:
+        raise ConsentRequired(
+            "Opting a contact back in to a sender they opted out of needs their consent: "
+            "how they asked, when, and your attestation."
+        )
+    if consent.method not in ConsentMethod.values:
+        raise ConsentRequired("Say how the contact asked to be opted back in.")
+    if consent.obtained_at > now:
+        raise ConsentRequired("The consent date is in the future.")
+    for scope, since in SenderSuppression.objects.filter(
+        contact=contact, scope__in=list(scopes)
+    ).values_list("scope", "since"):
+        if consent.obtained_at < since.replace(second=0, microsecond=0):
+            raise ConsentRequired(
+                f"The contact opted out of {scope} on {timezone.localtime(since):%d %b %Y, %H:%M}"
+                ", after the consent you recorded: the later opt-out stands. Record the "
+                "consent they gave since."
+            )
+
+
 def apply_change(
     *,
     contact: Contact | int,
@@ -153,6 +200,8 @@ def apply_change(
     opt_out: Mapping[str, bool] | None = None,
     categories: Iterable[str] | None = None,
     bounced: bool | None = None,
+    spam_report: bool = False,
+    sender_opt_out: Mapping[str, bool] | None = None,
     consent: ConsentEvidence | None = None,
     expected_version: int | None = None,
     already_in: Iterable[str] = (),
@@ -161,9 +210,13 @@ def apply_change(
     """Apply one preference change and return its audit entry, or raise ChangeRefused.
 
     opt_out maps a channel to its wanted opt-out; categories is the full set of category
-    keys the contact should receive; what is left as None stays as it is. already_in names
-    sync targets that hold the new state already (a change read from Salesforce), so it is
-    not sent back to them. bulk_run links the entry to the bulk change that made it.
+    keys the contact should receive; what is left as None stays as it is. bounced sets or
+    clears the bounce flag, which is independent of the opt-out (docs/design.md, rule 10);
+    spam_report flags a spam complaint (never cleared); sender_opt_out maps a sender's scope
+    ("business_unit:510000002") to its wanted opt-out of that sender only, and clearing one
+    is a re-enrolment that needs consent. already_in names sync targets that hold the new
+    state already (a change read from Salesforce), so it is not sent back to them. bulk_run
+    links the entry to the bulk change that made it.
     """
     note = note.strip()
     if not note:
@@ -216,6 +269,15 @@ def apply_change(
             c for c in Channel.values if after_opted_out[c] and not before.opted_out[c]
         ]
         _check_consent(locked, re_enrolled, consent, now)
+        sender_opt_out = dict(sender_opt_out or {})
+        if bad := [scope for scope in sender_opt_out if not _SCOPE.fullmatch(scope)]:
+            raise ChangeRefused(f"Not a sender: {', '.join(sorted(bad))}.")
+        after_suppressed = frozenset(
+            {scope for scope, out in sender_opt_out.items() if out}
+            | {scope for scope in before.suppressed_for if sender_opt_out.get(scope, True)}
+        )
+        if lifting := before.suppressed_for - after_suppressed:
+            _check_sender_consent(locked, lifting, consent, now)
 
         after_categories = before.categories if wanted_categories is None else wanted_categories
         known = dict(EmailCategory.objects.values_list("key", "is_active"))
@@ -238,14 +300,20 @@ def apply_change(
             after_opted_out,
             after_categories,
             before.bounced if bounced is None else bounced,
+            before.spam_reported or spam_report,
+            after_suppressed,
         )
         if after == before:
             raise ChangeRefused("Nothing to change: the preferences are already as submitted.")
 
-        if re_enrolled:
+        if re_enrolled or before.suppressed_for - after.suppressed_for:
             action = AuditAction.RE_ENROLMENT
+        elif after.spam_reported != before.spam_reported:
+            action = AuditAction.SPAM_REPORT
         elif opted_out_now:
             action = AuditAction.OPT_OUT
+        elif after.suppressed_for != before.suppressed_for:
+            action = AuditAction.SENDER_OPT_OUT
         elif after.categories != before.categories:
             action = AuditAction.CATEGORY_CHANGE
         else:
@@ -272,27 +340,43 @@ def apply_change(
                 Subscription(contact=locked, category_id=pk, subscribed_at=now) for pk in ids
             )
 
+        if lifted := before.suppressed_for - after.suppressed_for:
+            SenderSuppression.objects.filter(contact=locked, scope__in=lifted).delete()
+        if suppressed := after.suppressed_for - before.suppressed_for:
+            SenderSuppression.objects.bulk_create(
+                SenderSuppression(contact=locked, scope=scope, since=now, source=source, note=note)
+                for scope in sorted(suppressed)
+            )
+
         locked.version += 1
         update_fields = ["version"]
         if after.bounced != before.bounced:
             locked.email_bounced = after.bounced
             locked.email_bounced_at = now if after.bounced else None
             update_fields += ["email_bounced", "email_bounced_at"]
+        if after.spam_reported != before.spam_reported:
+            locked.spam_reported_at = now
+            update_fields.append("spam_reported_at")
         locked.save(update_fields=update_fields)
 
         consent_row = None
-        if re_enrolled:
+        if re_enrolled or lifted:
             assert consent is not None
             consent_row = Consent.objects.create(
                 contact=locked,
-                channels=re_enrolled,
+                channels=re_enrolled or [Channel.EMAIL],
                 method=consent.method,
                 obtained_at=consent.obtained_at,
                 attested=consent.attested,
                 recorded_by=actor,
             )
 
-        if after.categories != before.categories or after.bounced != before.bounced:
+        if (
+            after.categories != before.categories
+            or after.bounced != before.bounced
+            or after.spam_reported != before.spam_reported
+            or after.suppressed_for != before.suppressed_for
+        ):
             changed_channels = sorted({*changed_channels, Channel.EMAIL})
         entry = record(
             action,
