@@ -10,5 +10,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
     path("audit/", include("audit.urls")),
+    path("events/", include("preferences.events.urls")),
     path("", include("preferences.urls")),
 ]

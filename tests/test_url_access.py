@@ -21,6 +21,10 @@ ROLES = ("anonymous", "outsider", "specialist", "manager", "system")
 
 # url name: (method, {role: expected status or LOGIN})
 ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
+    # Machine endpoints: a signature, not a role, lets a platform in; with no key or secret
+    # configured they do not exist (docs/design.md, "Events from email platforms").
+    "events:marketing_cloud_ens": ("POST", {role: 404 for role in ROLES}),
+    "events:webhook": ("POST", {role: 404 for role in ROLES}),
     "preferences:home": (
         "GET",
         {"anonymous": 302, "outsider": 302, "specialist": 302, "manager": 302, "system": 302},
@@ -39,6 +43,10 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
         {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
     ),
     "preferences:escalate": (
+        "POST",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
+    ),
+    "preferences:clear_bounce": (
         "POST",
         {"anonymous": LOGIN, "outsider": 403, "specialist": 422, "manager": 422, "system": 422},
     ),
@@ -187,6 +195,15 @@ ACCESS: dict[str, tuple[str, dict[str, int | str]]] = {
         "POST",
         {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 403, "system": 422},
     ),
+    # The global suppression list and its export: managers and the system team.
+    "preferences:suppression_list": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
+    "preferences:suppression_export": (
+        "GET",
+        {"anonymous": LOGIN, "outsider": 403, "specialist": 403, "manager": 200, "system": 200},
+    ),
 }
 OUR_APPS = ("preferences.", "audit.", "config.", "integrations.")
 
@@ -249,7 +266,9 @@ def clients(specialist_client, manager_client, system_client, outsider_client):
 
 def _url(name: str, objects: dict[str, int]) -> str:
     pattern = _ours()[name]
-    kwargs = {}
+    kwargs: dict[str, object] = {}
+    if "platform" in pattern.pattern.converters:
+        kwargs["platform"] = "unknown"
     if "pk" in pattern.pattern.converters:
         kind = "escalation" if "escalation" in name else "sync" if "sync_retry" in name else "pk"
         if name.startswith("audit:"):

@@ -6,6 +6,10 @@ from, and the system team sets those that are not Active back to Active. This mo
 calls that takes, through the SOAP API (the REST API has no per-business-unit subscriber
 status): ``Retrieve`` of ``Subscriber`` with ``ClientIDs``, and ``Update`` of ``Subscriber``.
 
+It also reads the tracking events of commercial sends that the app must apply (docs/design.md,
+"Events from email platforms"): ``Retrieve`` of ``UnsubEvent`` and ``BounceEvent`` in one
+business unit, filtered on ``EventDate``, page by page (``tracking_pages``).
+
 It obtains an OAuth token (client credentials, for the parent account's MID) from
 ``MARKETING_CLOUD_AUTH_URL``, shares it across the process until shortly before it expires,
 gets a fresh one once when the API answers "Login Failed" (a token revoked early), and
@@ -22,13 +26,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import requests
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from lxml import etree
@@ -73,6 +79,35 @@ _PROPERTIES = ("SubscriberKey", "EmailAddress", "Status", "Client.ID")
 _BUSY = "Synchronous request cannot be completed at this time"
 # Renew a token this long before Marketing Cloud says it expires (tokens last ~18 minutes).
 _EXPIRY_MARGIN = 60.0
+
+# Tracking events for commercial sends (docs/design.md, "Events from email platforms"): the
+# documented properties of UnsubEvent and BounceEvent that are read, as in the SOAP API's
+# "Retrieve Bounce Event Details" sample. EventDate is the one filtered on.
+TRACKING_OBJECTS = ("UnsubEvent", "BounceEvent")
+_EVENT_PROPERTIES = (
+    "Client.ID",
+    "SendID",
+    "BatchID",
+    "TriggeredSendDefinitionObjectID",
+    "SubscriberKey",
+    "EventDate",
+    "EventType",
+)
+TRACKING_PROPERTIES = {
+    "UnsubEvent": _EVENT_PROPERTIES,
+    "BounceEvent": (*_EVENT_PROPERTIES, "BounceCategory", "BounceType", "SMTPCode", "SMTPReason"),
+}
+# Marketing Cloud writes and reads dates without a zone, in its server time: US Central
+# Standard Time all year round (UTC-6, no daylight saving).
+SERVER_TIME = timezone(timedelta(hours=-6), "CST")
+
+
+@dataclass(frozen=True)
+class TrackingPage:
+    """One Retrieve answer's tracking events; `more`: another page follows."""
+
+    events: list[dict[str, Any]]
+    more: bool
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -173,6 +208,7 @@ class _Token:
     access_token: str = field(repr=False)
     soap_url: str  # .../Service.asmx
     renew_at: float  # time.monotonic()
+    rest_url: str = ""  # the tenant's REST base, rest_instance_url without the slash
 
 
 _tokens: base.TokenCache[_Token] = base.TokenCache()
@@ -259,9 +295,67 @@ class MarketingCloudClient:
                 raise PermanentError("UPDATE_ERROR", f"business unit {mid}: {message}{detail}")
         logger.info("Resubscribed a subscriber in Marketing Cloud business unit %s", mid)
 
+    def tracking_pages(self, object_type: str, mid: str, since: datetime) -> Iterator[TrackingPage]:
+        """Tracking events of one kind (UnsubEvent or BounceEvent) in one business unit whose
+        EventDate is after `since` (an aware datetime), a page at a time as Marketing Cloud
+        answers them (up to 2,500 each; ``MoreDataAvailable`` is followed with
+        ``ContinueRequest``). Each event is a dict of the properties read, as text, except
+        ``EventDate``, an aware datetime; properties an event lacks are left out."""
+        if object_type not in TRACKING_PROPERTIES:
+            raise ValueError(f"object_type is one of {', '.join(TRACKING_OBJECTS)}")
+        _check_mid(mid)
+        if since.tzinfo is None:
+            raise ValueError("since must be an aware datetime")
+        request = _tracking_request(object_type, mid, since)
+        while True:
+            answer = self._call("Retrieve", request)
+            overall = _child_text(answer, "OverallStatus")
+            if overall.startswith("Error"):
+                raise PermanentError("RETRIEVE_ERROR", f"{object_type} in {mid}: {overall}")
+            if overall not in ("OK", "MoreDataAvailable"):
+                raise TransientError("INVALID_RESPONSE", f"unexpected OverallStatus {overall!r}")
+            more = overall == "MoreDataAvailable"
+            request_id = _child_text(answer, "RequestID")
+            if more and not request_id:
+                raise TransientError("INVALID_RESPONSE", "MoreDataAvailable without a RequestID")
+            events = [
+                _tracking_event(result, object_type)
+                for result in answer.iterfind(_q(PARTNER_API, "Results"))
+            ]
+            yield TrackingPage(events, more)
+            if not more:
+                return
+            request = _continue_request(request_id)
+
+    def tracking_events(
+        self, object_type: str, mid: str, since: datetime
+    ) -> Iterator[dict[str, Any]]:
+        """The events of tracking_pages(), one at a time."""
+        for page in self.tracking_pages(object_type, mid, since):
+            yield from page.events
+
     def connect(self) -> None:
         """Have a token: the process's cached one, or a new one."""
         self._token()
+
+    def verify_ens_callback(self, callback_id: str, verification_key: str) -> None:
+        """Complete an Event Notification Service callback's registration: send back the
+        single-use key ENS posted to the callback (REST ``POST /platform/v1/ens-verify``).
+        A token refused with 401 is replaced once, as for SOAP's "Login Failed"."""
+        if not callback_id or not verification_key:
+            raise PermanentError("INVALID_REQUEST", "a callback ID and a verification key")
+        payload = {"callbackId": callback_id, "verificationKey": verification_key}
+        token = self._token()
+        response = self._rest_post("/platform/v1/ens-verify", payload, token)
+        if response.status_code == 401:
+            logger.info("Marketing Cloud refused the token; getting a new one")
+            token = self._token(rejected=token.access_token)
+            response = self._rest_post("/platform/v1/ens-verify", payload, token)
+        if not 200 <= response.status_code < 300:
+            code = f"HTTP_{response.status_code}"
+            message = f"ens-verify: HTTP {response.status_code} {response.reason or ''}"
+            raise classify(response.status_code, code)(code, message.strip(), response.status_code)
+        logger.info("Verified Marketing Cloud ENS callback %s", callback_id)
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -305,10 +399,34 @@ class MarketingCloudClient:
             lifetime = 0.0
         # Renew a minute early, or halfway through a lifetime that short.
         renew_in = max(lifetime - _EXPIRY_MARGIN, lifetime / 2)
+        rest_url = body.get("rest_instance_url")
+        rest_url = rest_url if isinstance(rest_url, str) else ""
+        if rest_url and urlsplit(rest_url).scheme != "https":
+            raise PermanentError("INVALID_RESPONSE", f"rest_instance_url is not https: {rest_url}")
         logger.info("Got a Marketing Cloud token for account %s", config.account_id)
         return _Token(
-            access_token, soap_url.rstrip("/") + "/Service.asmx", time.monotonic() + renew_in
+            access_token,
+            soap_url.rstrip("/") + "/Service.asmx",
+            time.monotonic() + renew_in,
+            rest_url.rstrip("/"),
         )
+
+    # -- REST ------------------------------------------------------------------------------
+
+    def _rest_post(self, path: str, payload: dict[str, Any], token: _Token) -> requests.Response:
+        if not token.rest_url:
+            raise PermanentError("INVALID_RESPONSE", "the token response has no rest_instance_url")
+        try:
+            return self._http.post(
+                token.rest_url + path,
+                json=payload,
+                headers={
+                    "Accept": "application/json",
+                    "Authorization": f"Bearer {token.access_token}",
+                },
+            )
+        except OSError as exc:  # requests' own errors included
+            raise _network_error(exc) from exc
 
     # -- SOAP ------------------------------------------------------------------------------
 
@@ -417,6 +535,65 @@ def _retrieve_request(subscriber_key: str, mid: str) -> etree._Element:
     _add(condition, "SimpleOperator", "equals")
     _add(condition, "Value", subscriber_key)
     return message
+
+
+def server_time(value: datetime) -> str:
+    """An aware datetime as Marketing Cloud reads a date: its server time, no zone."""
+    local = value.astimezone(SERVER_TIME)
+    return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}"
+
+
+def parse_server_time(text: str) -> datetime:
+    """A date as Marketing Cloud writes it (server time, usually without a zone), aware."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise PermanentError("INVALID_RESPONSE", f"not a date: {text[:40]!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=SERVER_TIME)
+    return value.astimezone(UTC)
+
+
+def _tracking_request(object_type: str, mid: str, since: datetime) -> etree._Element:
+    message = etree.Element(
+        _q(PARTNER_API, "RetrieveRequestMsg"), nsmap={None: PARTNER_API, "xsi": XSI}
+    )
+    request = _add(message, "RetrieveRequest")
+    client_ids = _add(request, "ClientIDs")
+    _add(client_ids, "ClientID", mid)
+    _add(request, "ObjectType", object_type)
+    for name in TRACKING_PROPERTIES[object_type]:
+        _add(request, "Properties", name)
+    condition = _add(request, "Filter")
+    condition.set(_q(XSI, "type"), "SimpleFilterPart")
+    _add(condition, "Property", "EventDate")
+    _add(condition, "SimpleOperator", "greaterThan")
+    _add(condition, "DateValue", server_time(since))
+    return message
+
+
+def _continue_request(request_id: str) -> etree._Element:
+    # As "Retrieve More than 2500 Records Using the ContinueRequest Property" shows it: a new
+    # RetrieveRequest carrying only the previous answer's RequestID.
+    message = etree.Element(_q(PARTNER_API, "RetrieveRequestMsg"), nsmap={None: PARTNER_API})
+    request = _add(message, "RetrieveRequest")
+    _add(request, "ContinueRequest", request_id)
+    return message
+
+
+def _tracking_event(result: etree._Element, object_type: str) -> dict[str, Any]:
+    event: dict[str, Any] = {}
+    for name in (*TRACKING_PROPERTIES[object_type], "EmailAddress"):
+        if name == "Client.ID":
+            value = _child_text(result.find(_q(PARTNER_API, "Client")), "ID")
+        else:
+            value = _child_text(result, name)
+        if value:
+            event[name] = value
+    if "EventDate" not in event:
+        raise PermanentError("INVALID_RESPONSE", f"{object_type} without an EventDate")
+    event["EventDate"] = parse_server_time(event["EventDate"])
+    return event
 
 
 def _update_request(subscriber_key: str, mid: str) -> etree._Element:

@@ -8,6 +8,9 @@ against ``ca_path``), speaking:
 - the SOAP API at ``POST /Service.asmx`` (SOAP 1.1, ``<fueloauth>`` header): ``Retrieve`` of
   ``Subscriber`` (filtered on ``SubscriberKey``, in the business units named by ``ClientIDs``,
   or all of them with ``QueryAllAccounts``) and ``Update`` of ``Subscriber`` (the status).
+- ``Retrieve`` of the tracking events ``UnsubEvent`` and ``BounceEvent`` (filtered on
+  ``EventDate``), ``page_size`` results an answer (2,500 as documented; smaller in tests), the
+  rest through ``ContinueRequest``; the events are added with ``add_tracking_event``.
 
 It keeps one status per business unit and subscriber key (``{(mid, key): status}``), counts
 calls, and can be told to fail: latency, timeouts, HTTP 500/503, expired tokens, SOAP Server
@@ -24,9 +27,10 @@ Integrations" documents it. Three ways to run it:
   --state-file .data/marketing-cloud.json [--seed subscribers.json]``.
 
 Deliberate simplifications, each one safe for what the app does: one enterprise account (a
-parent business unit and its children), one installed package; only the Subscriber object;
-filters on SubscriberKey only; requests are applied one at a time (a global lock). Error
-messages for refusals the documentation does not spell out are the stand-in's own.
+parent business unit and its children), one installed package; only the Subscriber,
+UnsubEvent and BounceEvent objects; filters on SubscriberKey (Subscriber) and EventDate
+(events) only; requests are applied one at a time (a global lock). Error messages for
+refusals the documentation does not spell out are the stand-in's own.
 
 Modules: ``store`` (subscribers per business unit, the state file), ``soap`` (envelopes and
 SOAP faults), ``routes`` (the token endpoint, Retrieve and Update), ``faults``, ``control``
@@ -38,7 +42,7 @@ from standins.common.control import CONTROL_PREFIX, DEFAULT_CLIENT_ID, SECRET_HE
 from standins.marketing_cloud.cli import main
 from standins.marketing_cloud.control import MarketingCloudStandInClient, standin_process
 from standins.marketing_cloud.faults import FAULT_KINDS, SYNC_UNAVAILABLE
-from standins.marketing_cloud.routes import TOKEN_LIFETIME, TOKEN_PATH
+from standins.marketing_cloud.routes import PAGE_SIZE, TOKEN_LIFETIME, TOKEN_PATH
 from standins.marketing_cloud.soap import (
     API_FAULT,
     FUEL_OAUTH,
@@ -46,21 +50,31 @@ from standins.marketing_cloud.soap import (
     SOAP_ENV,
     SOAP_PATH,
     SUBSCRIBER_PROPERTIES,
+    TRACKING_PROPERTIES,
     WSA,
     WSSE,
     WSU,
     XSI,
 )
 from standins.marketing_cloud.standin import MarketingCloudStandIn, running_standin
-from standins.marketing_cloud.store import CHILD_MIDS, PARENT_MID, SETTABLE_STATUSES, STATUSES
+from standins.marketing_cloud.store import (
+    BOUNCE_CATEGORIES,
+    CHILD_MIDS,
+    PARENT_MID,
+    SETTABLE_STATUSES,
+    STATUSES,
+    TRACKING_OBJECTS,
+)
 
 __all__ = [
     "API_FAULT",
+    "BOUNCE_CATEGORIES",
     "CHILD_MIDS",
     "CONTROL_PREFIX",
     "DEFAULT_CLIENT_ID",
     "FAULT_KINDS",
     "FUEL_OAUTH",
+    "PAGE_SIZE",
     "PARENT_MID",
     "PARTNER_API",
     "SECRET_HEADER",
@@ -72,6 +86,8 @@ __all__ = [
     "SYNC_UNAVAILABLE",
     "TOKEN_LIFETIME",
     "TOKEN_PATH",
+    "TRACKING_OBJECTS",
+    "TRACKING_PROPERTIES",
     "WSA",
     "WSSE",
     "WSU",

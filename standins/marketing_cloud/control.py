@@ -2,13 +2,16 @@
 another process, and ``standin_process`` to run one there.
 
 Beyond the common endpoints: ``POST subscribers`` (one, or ``{"subscribers": [...],
-"only_new"}``), ``GET subscribers/<mid>/<key>`` and ``POST expire-tokens``.
+"only_new"}``), ``GET subscribers/<mid>/<key>``, ``POST tracking-events`` (one, or
+``{"events": [...]}``, as ``SubscriberStore.add_tracking_events`` takes them) and ``POST
+expire-tokens``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Protocol
 
 from standins.common.control import ControlAPI, Controllable, StandInClient, client_process
@@ -25,6 +28,8 @@ class Account(Controllable, Protocol):
     def subscriber(self, key: str, mid: str | None = None) -> dict[str, Any] | None: ...
 
     def expire_tokens(self) -> None: ...
+
+    def add_tracking_events(self, events: Iterable[Mapping[str, Any]]) -> int: ...
 
 
 class MarketingCloudControl(ControlAPI):
@@ -44,6 +49,9 @@ class MarketingCloudControl(ControlAPI):
                 if record is None:
                     return Reply(404, {"error": "not found"})
                 return Reply(200, record)
+            case ["POST", "tracking-events"]:
+                events = data.get("events", [data])
+                return Reply(201, {"added": standin.add_tracking_events(events)})
             case ["POST", "expire-tokens"]:
                 standin.expire_tokens()
                 return Reply(204)
@@ -84,6 +92,40 @@ class MarketingCloudStandInClient(StandInClient):
     def subscribers(self) -> list[dict[str, Any]]:
         return list(self.state()["subscribers"])
 
+    def add_tracking_event(
+        self,
+        kind: str,
+        mid: str,
+        subscriber_key: str,
+        email: str | None = None,
+        event_date: datetime | str | None = None,
+        *,
+        bounce_category: str = "Hard bounce",
+        send_id: int | str | None = None,
+        smtp_code: str | None = None,
+        smtp_reason: str | None = None,
+    ) -> None:
+        date = event_date.isoformat() if isinstance(event_date, datetime) else event_date
+        event = {
+            "object": kind,
+            "mid": mid,
+            "key": subscriber_key,
+            "email": email,
+            "date": date,
+            "send_id": send_id,
+            "bounce_category": bounce_category,
+            "smtp_code": smtp_code,
+            "smtp_reason": smtp_reason,
+        }
+        self.add_tracking_events([event])
+
+    def add_tracking_events(self, events: Iterable[Mapping[str, Any]]) -> int:
+        payload = {"events": [dict(event) for event in events]}
+        return int(self._request("POST", "tracking-events", payload)["added"])
+
+    def tracking_events(self) -> list[dict[str, Any]]:
+        return list(self.state()["tracking_events"])
+
     def fail(
         self,
         kind: str,
@@ -111,6 +153,10 @@ class MarketingCloudStandInClient(StandInClient):
     @property
     def token_calls(self) -> int:
         return int(self.state(records=False)["token_calls"])
+
+    @property
+    def ens_verifications(self) -> list[dict[str, str]]:
+        return list(self.state()["ens_verifications"])
 
 
 @contextmanager

@@ -1,5 +1,7 @@
-"""The protocol: the OAuth 2.0 client-credentials token endpoint (``POST /v2/token``, JSON)
-and the SOAP API (``POST /Service.asmx``): Retrieve and Update of Subscriber.
+"""The protocol: the OAuth 2.0 client-credentials token endpoint (``POST /v2/token``, JSON),
+the SOAP API (``POST /Service.asmx``): Retrieve and Update of Subscriber, and the REST route
+that verifies an Event Notification Service callback (``POST /platform/v1/ens-verify``,
+bearer token; faults reach it only with ``path_contains``).
 
 The token request is as "Access Token for Server-to-Server Integrations" (Marketing Cloud
 Engagement developer guide) documents it: JSON ``grant_type``, ``client_id``,
@@ -19,7 +21,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from lxml import etree
 
@@ -36,8 +38,10 @@ from standins.marketing_cloud.soap import (
     PARTNER_API,
     SOAP_PATH,
     SUBSCRIBER_PROPERTIES,
+    TRACKING_PROPERTIES,
     XSI,
     SoapFault,
+    date_filter,
     envelope,
     filter_keys,
     html_reply,
@@ -47,13 +51,16 @@ from standins.marketing_cloud.soap import (
     q,
     subscriber_result,
     text_of,
+    tracking_result,
     xml_reply,
     xsi_type,
 )
-from standins.marketing_cloud.store import SETTABLE_STATUSES, SubscriberStore
+from standins.marketing_cloud.store import SETTABLE_STATUSES, SubscriberStore, server_date
 
 TOKEN_PATH = "/v2/token"  # noqa: S105 (a path, not a password)
+ENS_VERIFY_PATH = "/platform/v1/ens-verify"
 TOKEN_LIFETIME = 1079  # seconds, what Marketing Cloud's v2 tokens say in expires_in
+PAGE_SIZE = 2500  # results per Retrieve answer, as the SOAP API documents it
 
 
 def _refuse_token(status: int, error: str, description: str) -> Reply:
@@ -85,6 +92,7 @@ class Account(Protocol):
     client_id: str
     client_secret: str
     token_lifetime: float
+    page_size: int  # results per Retrieve answer (Marketing Cloud: 2,500)
     store: SubscriberStore
     faults: FaultBook[MarketingCloudFault]
 
@@ -117,6 +125,8 @@ class MarketingCloudRoutes:
             return self._token_endpoint(method, path, body)
         if path.rstrip("/").lower() == SOAP_PATH.lower():
             return self._soap_endpoint(method, SOAP_PATH, headers, body)
+        if path.rstrip("/") == ENS_VERIFY_PATH:
+            return self._ens_verify(method, ENS_VERIFY_PATH, headers, body)
         return html_reply(404, "404 - File or directory not found.")
 
     def _take(
@@ -195,6 +205,56 @@ class MarketingCloudRoutes:
             },
         )
 
+    # -- Event Notification Service: verifying a callback -------------------------------------
+
+    def _ens_verify(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply | None:
+        """``POST /platform/v1/ens-verify`` with ``{"callbackId", "verificationKey"}`` and a
+        bearer token: the callback's owner echoes the single-use key ENS posted to it. The
+        stand-in records each verification (``ens_verifications``)."""
+        account, store = self.account, self.store
+        with store.lock:
+            store.log.append(("ens-verify", ""))
+            delay = self._take(DELAY_KINDS, path)
+        if account.hold(delay):
+            return None
+        with store.lock:
+            fault = self._take(HTTP_KINDS, path)
+            if fault is not None:
+                return fault_reply(fault.kind, account.url)
+        if method != "POST":
+            return Reply(405, {"message": "ens-verify takes POST only.", "errorcode": 405})
+        authorization = next(
+            (value for name, value in headers.items() if name.lower() == "authorization"), ""
+        )
+        scheme, _, token = authorization.partition(" ")
+        with store.lock:
+            entry = self._tokens.get(token) if scheme.lower() == "bearer" else None
+            if entry is None or entry[1] <= time.monotonic():
+                return Reply(401, {"message": "Not Authorized", "errorcode": 0})
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        fields = (
+            (data.get("callbackId"), data.get("verificationKey"))
+            if isinstance(data, dict)
+            else (None, None)
+        )
+        if not all(isinstance(value, str) and value for value in fields):
+            return Reply(
+                400,
+                {"message": "callbackId and verificationKey are required.", "errorcode": 10002},
+            )
+        callback_id, key = str(fields[0]), str(fields[1])
+        with store.lock:
+            store.ens_verifications.append(
+                {"callbackId": callback_id, "verificationKey": key, "mid": entry[0]}
+            )
+        account.mark_changed()
+        return Reply(200, {"callbackId": callback_id, "verified": True})
+
     # -- the SOAP API ------------------------------------------------------------------------
 
     def _soap_endpoint(
@@ -251,15 +311,26 @@ class MarketingCloudRoutes:
         request = operation.find(q(PARTNER_API, "RetrieveRequest"))
         if request is None:
             raise SoapFault("Client", "RetrieveRequest is required")
+        continued = text_of(request.find(q(PARTNER_API, "ContinueRequest")))
+        if continued:
+            kept = self.store.continuations.pop(continued, None)
+            if kept is None:
+                return error(f"ContinueRequest {continued} is unknown or has been answered")
+            object_type, rest, properties = kept
+            return self._tracking_page(answer, object_type, rest, properties)
         object_type = text_of(request.find(q(PARTNER_API, "ObjectType")))
-        if object_type != "Subscriber":
-            return error(f"The stand-in retrieves Subscriber only, not {object_type!r}")
+        if object_type not in ("Subscriber", *TRACKING_PROPERTIES):
+            return error(
+                "The stand-in retrieves Subscriber, UnsubEvent and BounceEvent only, "
+                f"not {object_type!r}"
+            )
+        allowed = TRACKING_PROPERTIES.get(object_type, SUBSCRIBER_PROPERTIES)
         properties = [text_of(p) for p in request.findall(q(PARTNER_API, "Properties"))]
-        unknown = [name for name in properties if name not in SUBSCRIBER_PROPERTIES]
+        unknown = [name for name in properties if name not in allowed]
         if not properties or unknown:
             return error(
                 f"The Request Property(s) {', '.join(unknown) or '(none)'} do not match with "
-                "the fields of Subscriber retrieve"
+                f"the fields of {object_type} retrieve"
             )
         accessible = self._accessible(token_mid)
         client_ids = [
@@ -275,6 +346,15 @@ class MarketingCloudRoutes:
             mids = list(accessible)
         else:
             mids = [token_mid]
+        if object_type in TRACKING_PROPERTIES:
+            condition = date_filter(request.find(q(PARTNER_API, "Filter")))
+            if isinstance(condition, str):
+                return error(condition)
+            try:
+                events = self._tracking_found(object_type, mids, condition)
+            except ValueError as exc:
+                return error(f"Invalid date in the filter: {exc}")
+            return self._tracking_page(answer, object_type, events, properties)
         keys = filter_keys(request.find(q(PARTNER_API, "Filter")))
         if isinstance(keys, str):
             return error(keys)
@@ -289,6 +369,55 @@ class MarketingCloudRoutes:
                 found = [key for key in keys if (mid, key) in records]
             for key in found:
                 subscriber_result(answer, records[(mid, key)], properties)
+        return answer
+
+    def _tracking_found(
+        self, object_type: str, mids: Sequence[str], condition: tuple[str, list[str]] | None
+    ) -> list[dict[str, Any]]:
+        """The events of that kind in those business units matching the EventDate filter,
+        oldest first."""
+        bounds = [server_date(value) for value in condition[1]] if condition else []
+        operator = condition[0] if condition else ""
+
+        def matches(event: dict[str, Any]) -> bool:
+            if not condition:
+                return True
+            when = server_date(event["date"])
+            match operator:
+                case "greaterThan":
+                    return when > bounds[0]
+                case "greaterThanOrEqual":
+                    return when >= bounds[0]
+                case "lessThan":
+                    return when < bounds[0]
+                case "lessThanOrEqual":
+                    return when <= bounds[0]
+            return bounds[0] <= when <= bounds[1]  # between
+
+        found = [
+            event
+            for event in self.store.tracking
+            if event["object"] == object_type and event["mid"] in mids and matches(event)
+        ]
+        return sorted(found, key=lambda event: server_date(event["date"]))
+
+    def _tracking_page(
+        self,
+        answer: etree._Element,
+        object_type: str,
+        found: list[dict[str, Any]],
+        properties: list[str],
+    ) -> etree._Element:
+        """One answer's worth of `found`; the rest kept for a ContinueRequest."""
+        size = max(1, int(self.account.page_size))
+        page, rest = found[:size], found[size:]
+        request_id = str(uuid.uuid4())
+        partner(answer, "OverallStatus", "MoreDataAvailable" if rest else "OK")
+        partner(answer, "RequestID", request_id)
+        for event in page:
+            tracking_result(answer, event, properties)
+        if rest:
+            self.store.keep_continuation(request_id, object_type, rest, properties)
         return answer
 
     def _update(self, operation: etree._Element, token_mid: str) -> etree._Element:

@@ -33,6 +33,35 @@ SUBSCRIBER_PROPERTIES = (
     "Status",
     "EmailTypePreference",
 )
+# What the stand-in answers for the tracking objects (the documented properties the app
+# reads, and a few more); EventDate is the one it filters on.
+_EVENT_PROPERTIES = (
+    "Client.ID",
+    "SendID",
+    "BatchID",
+    "TriggeredSendDefinitionObjectID",
+    "SubscriberKey",
+    "EventDate",
+    "EventType",
+    "EmailAddress",
+)
+TRACKING_PROPERTIES = {
+    "UnsubEvent": _EVENT_PROPERTIES,
+    "BounceEvent": (*_EVENT_PROPERTIES, "BounceCategory", "BounceType", "SMTPCode", "SMTPReason"),
+}
+_EVENT_FIELDS = {
+    "SendID": "send_id",
+    "BatchID": "batch_id",
+    "SubscriberKey": "key",
+    "EventDate": "date",
+    "EventType": "event_type",
+    "EmailAddress": "email",
+    "BounceCategory": "bounce_category",
+    "BounceType": "bounce_type",
+    "SMTPCode": "smtp_code",
+    "SMTPReason": "smtp_reason",
+}
+DATE_OPERATORS = ("greaterThan", "greaterThanOrEqual", "lessThan", "lessThanOrEqual", "between")
 
 
 def _parser() -> etree.XMLParser:
@@ -174,6 +203,45 @@ def filter_keys(element: etree._Element | None) -> list[str] | str | None:
     if operator == "IN" and values:
         return list(dict.fromkeys(values))
     return f"SimpleOperator {operator!r} with {len(values)} values is not supported"
+
+
+def date_filter(element: etree._Element | None) -> tuple[str, list[str]] | str | None:
+    """(operator, values) of a Filter on EventDate, None for no filter, or the error to
+    answer. The dates may come as DateValue or Value."""
+    if element is None:
+        return None
+    if xsi_type(element) != "SimpleFilterPart":
+        return "The stand-in filters with a SimpleFilterPart only"
+    prop = text_of(element.find(q(PARTNER_API, "Property")))
+    operator = text_of(element.find(q(PARTNER_API, "SimpleOperator")))
+    values = [text_of(v) for v in element.findall(q(PARTNER_API, "DateValue"))] or [
+        text_of(v) for v in element.findall(q(PARTNER_API, "Value"))
+    ]
+    if prop != "EventDate":
+        return f"The stand-in filters tracking events on EventDate only, not {prop!r}"
+    if operator not in DATE_OPERATORS or len(values) != (2 if operator == "between" else 1):
+        return f"SimpleOperator {operator!r} with {len(values)} values is not supported"
+    return operator, values
+
+
+def tracking_result(
+    parent: etree._Element, event: Mapping[str, Any], properties: Sequence[str]
+) -> None:
+    result = partner(parent, "Results")
+    result.set(q(XSI, "type"), event["object"])
+    wanted = set(properties)
+    if "Client.ID" in wanted:
+        client = partner(result, "Client")
+        partner(client, "ID", event["mid"])
+    partner(result, "PartnerKey").set(q(XSI, "nil"), "true")
+    partner(result, "ObjectID").set(q(XSI, "nil"), "true")
+    for name in properties:
+        field = _EVENT_FIELDS.get(name)
+        if field is not None and event.get(field):
+            partner(result, name, str(event[field]))
+    if "TriggeredSendDefinitionObjectID" in wanted:
+        # Commercial sends: no triggered send definition.
+        partner(result, "TriggeredSendDefinitionObjectID").set(q(XSI, "nil"), "true")
 
 
 def subscriber_result(

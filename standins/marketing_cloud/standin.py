@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from standins.common.http import Reply
 from standins.common.standin import HttpStandIn
 from standins.marketing_cloud.control import MarketingCloudControl
 from standins.marketing_cloud.faults import FAULT_KINDS, MarketingCloudFault
-from standins.marketing_cloud.routes import TOKEN_LIFETIME, MarketingCloudRoutes
+from standins.marketing_cloud.routes import PAGE_SIZE, TOKEN_LIFETIME, MarketingCloudRoutes
 from standins.marketing_cloud.store import CHILD_MIDS, PARENT_MID, SubscriberStore
 
 
@@ -23,8 +24,9 @@ class MarketingCloudStandIn(HttpStandIn):
     one installed package, speaking HTTPS on loopback.
 
     Helpers for tests and the demo: ``set_subscriber``, ``subscriber``, ``status``,
-    ``subscribers``, ``fail``, ``clear_faults``, ``expire_tokens``, ``token_calls``,
-    ``api_calls``, ``call_log``, ``reset``. All are thread-safe.
+    ``subscribers``, ``add_tracking_event``, ``add_tracking_events``, ``tracking_events``,
+    ``fail``, ``clear_faults``, ``expire_tokens``, ``token_calls``,
+    ``api_calls``, ``ens_verifications``, ``call_log``, ``reset``. All are thread-safe.
     """
 
     name = "marketing-cloud"
@@ -40,6 +42,7 @@ class MarketingCloudStandIn(HttpStandIn):
         parent_mid: str = PARENT_MID,
         child_mids: Iterable[str] = CHILD_MIDS,
         token_lifetime: float = TOKEN_LIFETIME,
+        page_size: int = PAGE_SIZE,
         state_file: str | Path | None = None,
         cert_dir: str | Path | None = None,
     ) -> None:
@@ -52,6 +55,7 @@ class MarketingCloudStandIn(HttpStandIn):
             cert_dir=cert_dir,
         )
         self.token_lifetime = token_lifetime
+        self.page_size = page_size  # results per Retrieve answer; small ones test paging
         self.store = SubscriberStore(lock=self._lock, parent_mid=parent_mid, child_mids=child_mids)
         self.faults = FaultBook(MarketingCloudFault, FAULT_KINDS, self._lock)
         self.routes = MarketingCloudRoutes(self)
@@ -110,6 +114,50 @@ class MarketingCloudStandIn(HttpStandIn):
     def subscribers(self) -> list[dict[str, Any]]:
         return self.store.subscribers()
 
+    def add_tracking_event(
+        self,
+        kind: str,
+        mid: str,
+        subscriber_key: str,
+        email: str | None = None,
+        event_date: datetime | str | None = None,
+        *,
+        bounce_category: str = "Hard bounce",
+        send_id: int | str | None = None,
+        smtp_code: str | None = None,
+        smtp_reason: str | None = None,
+    ) -> None:
+        """Record a tracking event of a commercial send: ``kind`` UnsubEvent or BounceEvent,
+        in business unit ``mid``, at ``event_date`` (an aware datetime, an ISO date in server
+        time, or now). ``bounce_category``: Hard bounce, Soft bounce, Block bounce,
+        Technical bounce or Unknown bounce (BounceEvent only)."""
+        date = event_date.isoformat() if isinstance(event_date, datetime) else event_date
+        self.add_tracking_events(
+            [
+                {
+                    "object": kind,
+                    "mid": mid,
+                    "key": subscriber_key,
+                    "email": email,
+                    "date": date,
+                    "send_id": send_id,
+                    "bounce_category": bounce_category,
+                    "smtp_code": smtp_code,
+                    "smtp_reason": smtp_reason,
+                }
+            ]
+        )
+
+    def add_tracking_events(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Several at once, as ``SubscriberStore.add_tracking_events`` takes them."""
+        added = self.store.add_tracking_events(events)
+        self.mark_changed()
+        return added
+
+    def tracking_events(self) -> list[dict[str, Any]]:
+        """Every tracking event held, as recorded (dates in server time)."""
+        return self.store.tracking_events()
+
     def fail(
         self,
         kind: str,
@@ -167,6 +215,13 @@ class MarketingCloudStandIn(HttpStandIn):
             return self.store.api_calls
 
     @property
+    def ens_verifications(self) -> list[dict[str, str]]:
+        """Each ``POST /platform/v1/ens-verify`` accepted: ``{"callbackId",
+        "verificationKey", "mid"}`` (the MID of the token that made it), in order."""
+        with self._lock:
+            return [dict(entry) for entry in self.store.ens_verifications]
+
+    @property
     def call_log(self) -> list[tuple[str, str]]:
         """(operation, MID) of every request: ("token", account_id), ("Retrieve", mid),
         ("Update", mid), in arrival order; failed ones included. A request naming several
@@ -175,8 +230,8 @@ class MarketingCloudStandIn(HttpStandIn):
             return list(self.store.log)
 
     def reset(self) -> None:
-        """Forget subscribers, faults, counters. Issued tokens stay valid, so a worker
-        holding one carries on (use expire_tokens() to test that)."""
+        """Forget subscribers, tracking events, faults, counters. Issued tokens stay valid,
+        so a worker holding one carries on (use expire_tokens() to test that)."""
         with self._lock:
             self.store.clear()
             self.faults.clear()
@@ -189,11 +244,14 @@ class MarketingCloudStandIn(HttpStandIn):
                 "api_calls": self.store.api_calls,
                 "faults": self.faults.describe(),
                 "subscriber_count": len(self.store.records),
+                "tracking_event_count": len(self.store.tracking),
                 "mids": list(self.mids),
             }
             if records:
                 state["call_log"] = [list(entry) for entry in self.store.log]
+                state["ens_verifications"] = [dict(e) for e in self.store.ens_verifications]
                 state["subscribers"] = self.store.subscribers()
+                state["tracking_events"] = [dict(event) for event in self.store.tracking]
             return state
 
     # -- the state file ----------------------------------------------------------------------
