@@ -22,6 +22,7 @@ ROLES: dict[str, list[str]] = {
         "audit.review_audit_entry",
         "audit.view_reports",
         "audit.run_bulk_change",
+        "preferences.view_suppression_list",
     ],
     SYSTEM_TEAM: [
         *_HANDLE_CONTACTS,
@@ -36,6 +37,7 @@ ROLES: dict[str, list[str]] = {
         "preferences.view_businessunit",
         "preferences.add_businessunit",
         "preferences.change_businessunit",
+        "preferences.view_suppression_list",
     ],
 }
 

@@ -35,6 +35,8 @@ from preferences.services import (
     escalate,
     resolve_escalation,
 )
+from preferences.suppression.forms import ClearBounceForm
+from preferences.suppression.views import sender_label, sender_labels
 
 CONTACT_TEMPLATE = "preferences/contact_detail.html"
 
@@ -91,6 +93,7 @@ def _render_contact(
     *,
     form: PreferencesForm | None = None,
     escalation_form: NoteForm | None = None,
+    bounce_form: ClearBounceForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     state = _state_of(contact)
@@ -123,11 +126,34 @@ def _render_contact(
         **marketing_cloud_context(contact),
         "escalations": [e for e in contact.escalations.all() if e.is_open],
         "discrepancies": _open_discrepancies(contact),
+        **_email_platform_context(contact),
+        "bounce_form": bounce_form
+        or ClearBounceForm(initial={"version": contact.version}, auto_id="bounce_%s"),
     }
     template = CONTACT_TEMPLATE
     if request.htmx and not request.htmx.boosted:
         template += "#contact-main"
     return render(request, template, context, status=status)
+
+
+PLATFORM_EVENTS_SHOWN = 20
+
+
+def _email_platform_context(contact: Contact) -> dict[str, object]:
+    """The senders the contact opted out of (rule 9), and the latest events the email
+    platforms sent about them (docs/design.md, "Events from email platforms")."""
+    suppressions = list(contact.sender_suppressions.order_by("since", "pk"))
+    if suppressions:
+        labels = sender_labels()
+        for suppression in suppressions:
+            suppression.sender = sender_label(suppression.scope, labels)  # type: ignore[attr-defined]
+    events = list(contact.events.order_by("-occurred_at", "-pk")[:PLATFORM_EVENTS_SHOWN])
+    for event in events:
+        label = core.label(event.platform)  # a webhook's platform is no sync target
+        event.platform_label = (  # type: ignore[attr-defined]
+            label if label != event.platform else label.replace("_", " ").capitalize()
+        )
+    return {"sender_suppressions": suppressions, "platform_events": events}
 
 
 def _open_discrepancies(contact: Contact) -> list[Discrepancy]:
@@ -215,6 +241,41 @@ def _state_of(contact: Contact) -> PreferenceState:
         frozenset(s.category.key for s in contact.subscriptions.all()),
         contact.email_bounced,
     )
+
+
+@require_POST
+@staff_view("preferences.change_preferences")
+def contact_clear_bounce(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Staff clear Bounced once the address is corrected, with a note; the opt-outs stay as
+    they are (docs/design.md, rule 10)."""
+    contact = _contact(pk)
+    form = ClearBounceForm(request.POST, auto_id="bounce_%s")
+    if not form.is_valid():
+        return _render_contact(request, contact, bounce_form=form, status=422)
+    try:
+        apply_change(
+            contact=contact,
+            actor=request.user,  # type: ignore[arg-type]
+            source=Source.STAFF,
+            note=form.cleaned_data["note"],
+            bounced=False,
+            expected_version=form.cleaned_data["version"],
+        )
+    except StaleChange as refused:
+        contact = _contact(pk)
+        data = request.POST.copy()
+        data["version"] = str(contact.version)
+        form = ClearBounceForm(data, auto_id="bounce_%s")
+        form.is_valid()
+        form.add_error(None, str(refused))
+        return _render_contact(request, contact, bounce_form=form, status=409)
+    except ChangeRefused as refused:
+        form.add_error(None, str(refused))
+        return _render_contact(request, contact, bounce_form=form, status=422)
+    messages.success(request, "Bounced cleared: email goes to this address again.")
+    if request.htmx:
+        return _render_contact(request, _contact(pk))
+    return redirect("preferences:contact", pk=pk)
 
 
 @require_POST
