@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.models import AuditAction, AuditEntry, PendingReview, Source
 from lib.channels import Channel
+from lib.dates import StaffDateField
 from lib.salesforce_ids import TYPED_SALESFORCE_ID, salesforce_id_18
 
 # kind: (label, branches). An entry is of the kind when it matches any branch; each branch
@@ -131,8 +132,8 @@ def find_contacts(value: str) -> list[Any]:
 
 
 class LogFilterForm(forms.Form):
-    start = forms.DateField(label="From", required=False, widget=DATE_INPUT)
-    end = forms.DateField(label="To", required=False, widget=DATE_INPUT)
+    start = StaffDateField(label="From", required=False, widget=DATE_INPUT)
+    end = StaffDateField(label="To", required=False, widget=DATE_INPUT)
     actor = StaffChoiceField(
         label="Staff member",
         queryset=get_user_model().objects.order_by("email", "username"),
@@ -386,8 +387,8 @@ def log_page(form: LogFilterForm, size: int = PAGE_SIZE) -> LogPage:
 class ReportForm(forms.Form):
     """The weekly change report's date range, and how many weeks the chart shows."""
 
-    start = forms.DateField(label="From", required=False, widget=DATE_INPUT)
-    end = forms.DateField(label="To", required=False, widget=DATE_INPUT)
+    start = StaffDateField(label="From", required=False, widget=DATE_INPUT)
+    end = StaffDateField(label="To", required=False, widget=DATE_INPUT)
     weeks = forms.IntegerField(
         label="Chart: weeks up to “To”", required=False, min_value=1, max_value=104
     )
@@ -404,9 +405,10 @@ class ReportForm(forms.Form):
         if "start" not in wanted:
             try:
                 end = date.fromisoformat(wanted["end"])
-            except ValueError:
-                end = timezone.localdate()
-            wanted["start"] = (end - timedelta(days=6)).isoformat()
+                wanted["start"] = (end - timedelta(days=6)).isoformat()
+            except (ValueError, OverflowError):
+                # The "To" field itself will say what is wrong with it.
+                wanted["start"] = (timezone.localdate() - timedelta(days=6)).isoformat()
         kwargs.setdefault("label_suffix", "")
         super().__init__(wanted, **kwargs)
 

@@ -8,6 +8,7 @@ from django import forms
 from django.utils import timezone
 
 from audit.models import ConsentMethod
+from lib.dates import StaffDateTimeField
 from preferences.services import ConsentEvidence
 
 NOTE_REQUIRED = "Write a note: every change needs one."
@@ -37,7 +38,7 @@ class ConsentForm(forms.Form):
         choices=[("", "—"), *ConsentMethod.choices],
         required=False,
     )
-    consent_obtained_at = forms.DateTimeField(
+    consent_obtained_at = StaffDateTimeField(
         label="When the contact asked",
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),

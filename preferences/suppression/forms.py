@@ -11,6 +11,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from lib.channels import Channel
+from lib.dates import StaffDateField
 from preferences.forms import NoteForm
 from preferences.models import ChannelPreference, Contact, SenderSuppression
 
@@ -36,7 +37,7 @@ class SuppressionFilterForm(forms.Form):
     reason = forms.ChoiceField(
         label="Reason", choices=[("", "Any reason"), *REASONS], required=False
     )
-    since = forms.DateField(
+    since = StaffDateField(
         label="Since", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
     after = forms.IntegerField(min_value=0, required=False, widget=forms.HiddenInput)
