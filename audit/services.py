@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import models, transaction
 from django.utils import timezone
@@ -102,6 +103,11 @@ class AlreadyReviewed(ReviewRefused):
     pass
 
 
+def may_review_own(actor: User) -> bool:
+    """A manager named as the one manager of their office (SELF_REVIEW_ALLOWED_FOR)."""
+    return actor.get_username().lower() in settings.SELF_REVIEW_ALLOWED_FOR
+
+
 def review_entry(*, entry_id: int, actor: User, comment: str = "") -> AuditEntry:
     """Record that a manager looked at a risky entry, with an optional comment.
 
@@ -133,11 +139,23 @@ def review_entry(*, entry_id: int, actor: User, comment: str = "") -> AuditEntry
                 )
                 + ". Nothing was changed."
             )
+        note = comment or DEFAULT_REVIEW_NOTE
+        if entry.actor_id is not None and entry.actor_id == actor.pk:
+            # Four eyes: a risky action is looked at by someone other than who did it,
+            # except for a manager named as the one manager of their office.
+            if not may_review_own(actor):
+                raise ReviewRefused(
+                    "You made this change: someone else must review it. Nothing was changed."
+                )
+            note += (
+                "\n(Reviewed by the person who made the change: the one-manager office "
+                "exception, SELF_REVIEW_ALLOWED_FOR.)"
+            )
         return record(
             AuditAction.REVIEW,
             actor=actor,
             contact_id=entry.contact_id,
             channels=entry.channels,
-            note=comment or DEFAULT_REVIEW_NOTE,
+            note=note,
             reviews=entry,
         )

@@ -31,7 +31,7 @@ from audit.reports import (
     flag_changes,
     weekly_counts,
 )
-from audit.services import AlreadyReviewed, ReviewRefused, review_entry
+from audit.services import AlreadyReviewed, ReviewRefused, may_review_own, review_entry
 from audit.vocabulary import category_names
 from lib.access import HtmxHttpRequest, staff_view
 from lib.channels import OPT_OUT_LABELS, Channel
@@ -161,6 +161,8 @@ def _render_entry(
         "seal": AuditSeal.objects.filter(entry=entry).first(),
         "reviews": list(entry.reviewed_by.order_by("id")),
         "review_form": form or ReviewForm(),
+        # Four eyes: the one who made the change is not offered the review.
+        "own_change": entry.actor_id == request.user.pk and not may_review_own(request.user),  # type: ignore[arg-type]
     }
     template = ENTRY_TEMPLATE + "#review" if _fragment(request) else ENTRY_TEMPLATE
     return render(request, template, context, status=status)

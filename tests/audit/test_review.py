@@ -211,3 +211,54 @@ def test_two_managers_reviewing_at_once_write_one_review(categories, specialist,
     assert list(AuditEntry.objects.filter(reviews=target).values_list("note", flat=True)) == [
         "First."
     ]
+
+
+# --- four eyes ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_re_enrolment(contact, manager):
+    """A re-enrolment the manager made themselves."""
+    return opted_out_and_back(contact, manager)
+
+
+def test_a_manager_cannot_review_their_own_risky_action(manager_client, own_re_enrolment):
+    count = AuditEntry.objects.count()
+    response = manager_client.post(_review_url(own_re_enrolment), {"comment": "Fine by me."})
+    assert response.status_code == 422
+    assert "You made this change: someone else must review it." in response.content.decode()
+    assert AuditEntry.objects.count() == count
+    assert PendingReview.objects.filter(entry=own_re_enrolment).exists()
+
+
+def test_another_manager_reviews_it(make_user, own_re_enrolment):
+    other = make_user("manager", "second-manager@test.example")
+    review = review_entry(entry_id=own_re_enrolment.pk, actor=other, comment="Looked.")
+    assert review.actor == other
+    assert review.note == "Looked."
+    assert not PendingReview.objects.filter(entry=own_re_enrolment).exists()
+
+
+def test_a_named_one_manager_office_may_review_their_own_and_the_review_says_so(
+    settings, manager, own_re_enrolment
+):
+    settings.SELF_REVIEW_ALLOWED_FOR = [manager.get_username().lower()]
+    review = review_entry(entry_id=own_re_enrolment.pk, actor=manager, comment="Checked.")
+    assert review.note.startswith("Checked.\n")
+    assert "one-manager office exception" in review.note
+    assert not PendingReview.objects.filter(entry=own_re_enrolment).exists()
+
+
+def test_the_exception_names_one_manager_not_every_manager(settings, manager, own_re_enrolment):
+    settings.SELF_REVIEW_ALLOWED_FOR = ["someone-else@test.example"]
+    with pytest.raises(ReviewRefused):
+        review_entry(entry_id=own_re_enrolment.pk, actor=manager)
+
+
+def test_the_entry_page_does_not_offer_the_review_to_who_made_the_change(
+    manager_client, own_re_enrolment
+):
+    page = manager_client.get(reverse("audit:entry", args=[own_re_enrolment.pk])).content
+    html = page.decode()
+    assert "You made this change: another manager reviews it." in html
+    assert f'action="{_review_url(own_re_enrolment)}"' not in html
