@@ -144,6 +144,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# HSTS: off unless set, as a wrong value locks browsers out of plain HTTP for its length.
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_PROXY", False) else None
 )
@@ -243,6 +247,10 @@ SYNC_CLAIM_LEASE_SECONDS = envint("SYNC_CLAIM_LEASE_SECONDS", 300)
 SYNC_RETRY_BASE_SECONDS = envint("SYNC_RETRY_BASE_SECONDS", 15)
 SYNC_RETRY_MAX_SECONDS = envint("SYNC_RETRY_MAX_SECONDS", 30 * 60)
 SYNC_SWEEP_SECONDS = envint("SYNC_SWEEP_SECONDS", 60)
+# Four eyes (docs/design.md, "The audit log"): nobody reviews their own risky action,
+# except the managers named here (usernames, comma-separated), each the one manager of an
+# office; such a review says so in its note.
+SELF_REVIEW_ALLOWED_FOR = [name.lower() for name in envlist("SELF_REVIEW_ALLOWED_FOR", [])]
 # Events from email platforms (docs/design.md, "Events from email platforms"): a soft
 # bounce is retried by the platform, so only SOFT_BOUNCE_LIMIT of them within
 # SOFT_BOUNCE_DAYS make an address Bounced.
