@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.db.models import Prefetch, Q
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditAction, AuditEntry, Source
@@ -209,15 +210,13 @@ def contact_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         )
     except StaleChange as refused:
         contact = _contact(pk)
-        # Keep everything the specialist typed; only the version moves on, so a deliberate
-        # resubmit after reading the current state goes through.
-        data = request.POST.copy()
-        data["version"] = str(contact.version)
+        data, notices = _rebased(request.POST, form, contact)
         form = PreferencesForm(
             data, categories=categories, state=_state_of(contact), version=contact.version
         )
         form.is_valid()
-        form.add_error(None, str(refused))
+        for notice in [str(refused), *notices]:
+            form.add_error(None, notice)
         return page(request, contact, form=form, status=409)
     except ConsentRequired as refused:
         form.add_error(None, str(refused))
@@ -232,6 +231,88 @@ def contact_update(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if request.htmx:
         return page(request, _contact(pk))
     return redirect("preferences:contact", pk=pk)
+
+
+def _seen_state(contact: Contact, version: int) -> PreferenceState | None:
+    """The preferences as they were at `version` (what a form loaded then showed), from
+    the audit entry that made that version; None if it cannot be told."""
+    if version == 0:
+        return PreferenceState(dict.fromkeys(Channel.values, False))
+    entry = (
+        AuditEntry.objects.filter(contact=contact, contact_version=version)
+        .exclude(after={})
+        .order_by("-id")
+        .first()
+    )
+    if entry is None or "opted_out" not in entry.after:
+        return None
+    opted_out = {c: bool(entry.after["opted_out"].get(c, False)) for c in Channel.values}
+    return PreferenceState(opted_out, frozenset(entry.after.get("categories", [])))
+
+
+def _rebased(
+    posted: QueryDict, form: PreferencesForm, contact: Contact
+) -> tuple[QueryDict, list[str]]:
+    """A stale form, rebuilt on the contact's current preferences (docs/design.md, "One
+    service changes a preference"): the user's own changes are kept where the other person
+    left that field alone, and the other person's changes stay, so saving the returned form
+    never undoes what the user did not see. (Two yes/no changes of one field from the same
+    starting point agree; a conflict arises only where the page's starting point cannot be
+    told from the history: there the form shows the other person's value and says so.)
+    Returns the form data and what to tell the user: what changed since they opened the
+    page, and each conflict."""
+    seen_version = form.cleaned_data["version"]
+    seen = _seen_state(contact, seen_version)
+    now = _state_of(contact)
+    wanted_out = form.opt_out()
+    wanted_categories = frozenset(form.cleaned_data["categories"])
+    data = posted.copy()
+    data["version"] = str(contact.version)
+    names = dict(EmailCategory.objects.values_list("key", "name"))
+    notices = []
+    for entry in contact.audit_entries.filter(contact_version__gt=seen_version).order_by("id"):
+        lines = entry.describe_changes(names)
+        if lines:
+            when = timezone.localtime(entry.created_at)
+            notices.append(
+                f"Since you opened it, {entry.actor_label} ({when:%H:%M}): "
+                + "; ".join(lines)
+                + "."
+            )
+    conflicts = []
+    for channel in Channel.values:
+        seen_out = seen.opted_out[channel] if seen else None
+        value, conflict = _merged(wanted_out[channel], now.opted_out[channel], seen_out)
+        if conflict:
+            conflicts.append(Channel(channel).label)
+        data.setlist(f"opt_out_{channel}", ["on"] if value else [])
+    kept = []
+    for key in sorted(set(names) | wanted_categories | now.categories):
+        seen_has = (key in seen.categories) if seen else None
+        value, conflict = _merged(key in wanted_categories, key in now.categories, seen_has)
+        if conflict:
+            conflicts.append(names.get(key, key))
+        if value:
+            kept.append(key)
+    data.setlist("categories", kept)
+    if conflicts:
+        notices.append(
+            "You and they both changed "
+            + ", ".join(conflicts)
+            + ": the form shows their value. Set it again only if you mean to replace theirs."
+        )
+    return data, notices
+
+
+def _merged(mine: bool, theirs: bool, seen: bool | None) -> tuple[bool, bool]:
+    """One yes/no field of a stale form: the value to show, and whether it conflicts.
+    The user's value stands where they changed it and the other person did not (or
+    changed it the same way); with no known starting point, theirs stands."""
+    if seen is None:
+        return theirs, mine != theirs
+    if mine != seen and theirs == seen:
+        return mine, False
+    return theirs, False
 
 
 def _state_of(contact: Contact) -> PreferenceState:

@@ -199,6 +199,85 @@ def test_a_stale_form_is_refused_and_keeps_what_was_typed(specialist_client, con
     assert f'name="version" value="{contact.version}"' in html
 
 
+def _checked(html: str, name: str, value: str | None = None) -> bool:
+    """Whether the returned form has the checkbox ticked."""
+    import re
+
+    for tag in re.findall(r"<input[^>]*>", html):
+        if f'name="{name}"' in tag and (value is None or f'value="{value}"' in tag):
+            return " checked" in tag
+    raise AssertionError(f"no input {name} {value or ''}")
+
+
+def test_a_stale_form_comes_back_on_the_current_state_and_never_undoes_the_other_change(
+    specialist_client, contact, manager
+):
+    """The lost update: the manager opts the contact out of phone; the specialist, on a
+    page loaded before, opts them out of email. The 409 keeps the specialist's email
+    opt-out, shows the manager's phone opt-out, and saving it again keeps both."""
+    loaded = contact.version
+    _opt_out(contact, manager, "phone")
+    stale = {"version": loaded, "note": "Stop emails.", "opt_out_email": "on"}
+    response = specialist_client.post(_url(contact), stale, headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert f"Since you opened it, {manager.email}" in html and "Phone: opted out" in html
+    assert _checked(html, "opt_out_phone") and _checked(html, "opt_out_email")
+    assert "both changed" not in html
+
+    contact.refresh_from_db()
+    again = {"version": contact.version, "note": "Stop emails.", "opt_out_email": "on"}
+    again["opt_out_phone"] = "on"  # as the returned form submits it
+    assert specialist_client.post(_url(contact), again, headers=HTMX).status_code == 200
+    state = current_state(contact)
+    assert state.opted_out == {"email": True, "phone": True}
+
+
+def test_changes_to_categories_are_rebased_on_the_current_state_too(
+    specialist_client, contact, manager, categories
+):
+    """Both untick the same category (they agree), and the specialist also ticks another:
+    the returned form shows both, and saving it loses nothing."""
+    key = categories[0].key
+    apply_change(contact=contact, actor=manager, source="staff", note="Wants it.", categories=[key])
+    contact.refresh_from_db()
+    loaded = contact.version
+    apply_change(
+        contact=contact, actor=manager, source="staff", note="Changed mind.", categories=[]
+    )
+    # The specialist, from the page showing the category ticked, also unticks it and
+    # ticks another: the untick agrees with the manager's, the other is theirs alone.
+    other = categories[1].key
+    stale = {"version": loaded, "note": "Adjusting.", "categories": [other]}
+    response = specialist_client.post(_url(contact), stale, headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert _checked(html, "categories", other)
+    assert not _checked(html, "categories", key)
+    assert "both changed" not in html
+
+    # Saving the returned form keeps the manager's untick and adds the other category.
+    contact.refresh_from_db()
+    again = {"version": contact.version, "note": "Adjusting.", "categories": [other]}
+    assert specialist_client.post(_url(contact), again, headers=HTMX).status_code == 200
+    assert current_state(contact).categories == frozenset({other})
+
+
+def test_where_the_page_it_came_from_cannot_be_told_the_form_shows_theirs(
+    specialist_client, contact, manager
+):
+    """A version no entry in the history made (as from an old page of a migrated
+    contact): every field the user would change against the current state is a conflict."""
+    _opt_out(contact, manager, "phone")
+    stale = {"version": 999, "note": "Stop emails.", "opt_out_email": "on"}
+    response = specialist_client.post(_url(contact), stale, headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert "You and they both changed Email, Phone" in html
+    assert not _checked(html, "opt_out_email") and _checked(html, "opt_out_phone")
+    assert current_state(contact).opted_out == {"email": False, "phone": True}
+
+
 def test_escalating_hands_the_request_to_managers(specialist_client, manager_client, contact):
     response = specialist_client.post(_url(contact, "escalate"), {"note": "Wants a call first?"})
     assert response.status_code == 302
