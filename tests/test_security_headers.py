@@ -50,3 +50,28 @@ def test_hsts_comes_from_the_environment_and_is_off_by_default():
         "SECURE_HSTS_PRELOAD": "true",
     }
     assert _settings_with(env, *names) == ["31536000", "True", "True"]
+
+
+def test_check_deploy_is_clean_with_the_readmes_production_variables():
+    # Only what the README lists: nothing the test run itself sets (SECURE_COOKIES, say).
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "DEBUG"))}
+    env = {
+        **inherited,
+        "DJANGO_SETTINGS_MODULE": "config.settings",  # not the tests' own defaults
+        "DEBUG": "false",
+        "SECRET_KEY": "k" * 20 + "-production-like-secret-key-of-fifty-plus-characters",
+        "ALLOWED_HOSTS": "prefdesk.example.edu",
+        "SECURE_SSL_REDIRECT": "true",
+        "SECURE_HSTS_SECONDS": "31536000",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+        "SECURE_HSTS_PRELOAD": "true",
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
