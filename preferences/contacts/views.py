@@ -13,7 +13,7 @@ from audit.models import AuditAction, AuditEntry, Source
 from integrations import core
 from integrations.models import Discrepancy, DiscrepancyKind
 from lib.access import HtmxHttpRequest, staff_view
-from lib.channels import Channel
+from lib.channels import OPT_OUT_LABELS, Channel
 from preferences.contacts.forms import PreferencesForm, SearchForm
 from preferences.discrepancies.views import system_label
 from preferences.forms import NoteForm
@@ -56,6 +56,14 @@ def search(request: HtmxHttpRequest) -> HttpResponse:
     # sorting them all would cost more than the index lookup. The page says when to refine.
     found = list(Contact.objects.search(query)[: SEARCH_LIMIT + 1]) if query else []
     found.sort(key=lambda c: (c.last_name.lower(), c.first_name.lower(), c.pk))
+    # Who is opted out of what, at a glance: two people of one name must not look alike.
+    opted_out: dict[int, list[str]] = {}
+    for contact_id, channel in ChannelPreference.objects.filter(
+        contact_id__in=[c.pk for c in found], opted_out=True
+    ).values_list("contact_id", "channel"):
+        opted_out.setdefault(contact_id, []).append(OPT_OUT_LABELS[channel])
+    for contact in found:
+        contact.opted_out_labels = sorted(opted_out.get(contact.pk, []))  # type: ignore[attr-defined]
     context = {
         "form": form,
         "query": query,

@@ -486,3 +486,18 @@ def test_the_page_says_when_the_identity_was_last_read_from_salesforce(specialis
     html = specialist_client.get(_url(contact, "contact")).content.decode()
     read = timezone.localtime(contact.identity_read_at)
     assert f"as Salesforce had them on {read:%-d %b %Y}" in html
+
+
+def test_search_results_show_who_is_opted_out_and_bounced(specialist_client, specialist):
+    """Two people of one name do not look alike: each row says what they opted out of."""
+    out = factories.make_contact(first_name="Helen", last_name="Wilson", email="hw1@example.edu")
+    factories.make_contact(first_name="Helen", last_name="Wilson", email="hw2@example.edu")
+    _opt_out(out, specialist, "email")
+    apply_change(contact=out, actor=specialist, source="staff", note="Bounced.", bounced=True)
+    html = specialist_client.get(reverse("preferences:search"), {"q": "helen wil"}).content
+    rows = html.decode().split("<tr>")[2:]
+    assert len(rows) == 2
+    mine = next(row for row in rows if "hw1@example.edu" in row)
+    other = next(row for row in rows if "hw2@example.edu" in row)
+    assert "Email opt-out" in mine and "Bounced" in mine
+    assert "Email opt-out" not in other and "Bounced" not in other
