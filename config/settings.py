@@ -176,6 +176,33 @@ DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "preference-desk@localhost")
 RESUBSCRIBE_NOTIFY_EMAIL = envstr("RESUBSCRIBE_NOTIFY_EMAIL", "ecomm-system-team@localhost")
 
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+# The shared cache: sign-in throttling (allauth's rate limits) counts in it, so every web
+# process and host sees the same counts, and a restart does not reset them. By default the
+# broker's Redis, in a database of its own; CACHE_URL=locmem:// keeps it in each process.
+_default_cache = (
+    CELERY_BROKER_URL.rsplit("/", 1)[0] + "/1"
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else "locmem://"
+)
+CACHE_URL = envstr("CACHE_URL", _default_cache)
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        if CACHE_URL.startswith("locmem://")
+        else {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "preference-desk",
+        }
+    )
+}
+# The client's address, for throttling per address, comes from X-Forwarded-For only behind
+# this many proxies of ours (or from the header a trusted proxy sets); otherwise anyone
+# could choose the address they are counted under, or, behind a proxy, all staff would share
+# the proxy's.
+ALLAUTH_TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = envstr("TRUSTED_CLIENT_IP_HEADER", "") or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -8,6 +8,11 @@ os.environ.setdefault("SECURE_COOKIES", "false")
 
 from config.settings import *  # noqa: F403
 
+# Parallel test processes must not count each other's failed sign-ins: each keeps its own
+# cache, unless a test points CACHE_URL at a Redis of its own.
+if "CACHE_URL" not in os.environ:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # Tests that commit changes enqueue pushes: keep them off any shared Redis. The tests that
 # need a real broker (tests/reliability) start their own Redis and point Celery at it.
 # Celery lets a CELERY_BROKER_URL environment variable win over settings and over later
