@@ -141,6 +141,10 @@ def main() -> None:
         f"Target: peak RSS < {TARGET_PEAK_MB:.0f} MB and every matching entry exported: "
         + ("PASS" if ok else "FAIL")
     )
+    print(
+        f"BENCH audit_export rows={rows} seconds={elapsed:.1f} "
+        f"peak_rss_mb={peak_kb / 1024:.0f} ok={'yes' if ok else 'no'}"
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -1165,9 +1165,12 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     failed = []
+    worst_p95 = 0.0
     for row in rows:
         ms = [t / 1e6 for t in row.times_ns]
         p95 = percentile(ms, 95)
+        if row.required:
+            worst_p95 = max(worst_p95, p95)
         ok = p95 < TARGET_P95_MS and row.bad_status == 0
         verdict = ("PASS" if ok else "FAIL") if row.required else ("info" if ok else "slow")
         if row.required and not ok:
@@ -1198,6 +1201,10 @@ def main() -> None:
         print(f"\n--- {name}\n{plan}")
     print()
     print("Overall:", "PASS" if not failed else f"FAIL ({', '.join(failed)})")
+    print(
+        f"BENCH audit_log pages={len(rows)} worst_p95_ms={worst_p95:.1f} "
+        f"target_p95_ms={TARGET_P95_MS:.0f} failed={len(failed)}"
+    )
 
 
 if __name__ == "__main__":

@@ -437,9 +437,11 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     failed = []
+    worst_p95 = 0.0
     for kind in kinds:
         ms = [t / 1e6 for t in kind.times_ns]
         p95 = percentile(ms, 95)
+        worst_p95 = max(worst_p95, p95)
         ok = p95 < TARGET_P95_MS and kind.bad_status == 0
         if not ok:
             failed.append(kind.name)
@@ -473,6 +475,10 @@ def main() -> None:
         print(f"  {kind.name:<28}{slow}")
     print()
     print("Overall:", "PASS" if not failed else f"FAIL ({', '.join(failed)})")
+    print(
+        f"BENCH contacts contacts={n_contacts} kinds={len(kinds)} "
+        f"worst_p95_ms={worst_p95:.1f} target_p95_ms={TARGET_P95_MS:.0f} failed={len(failed)}"
+    )
 
 
 if __name__ == "__main__":

@@ -436,6 +436,10 @@ def main() -> int:
             f"{'PASS' if time_ok else 'FAIL'}"
         )
         print(f"Stand-in == database: {'PASS' if state_ok else 'FAIL'} ({detail})")
+        print(
+            f"BENCH sync changes={args.changes} seconds={wall:.1f} api_calls={total_calls} "
+            f"state={'equal' if state_ok else 'differs'}"
+        )
         return 0 if calls_ok and time_ok and state_ok else 1
     finally:
         standin.stop()
